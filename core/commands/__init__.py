@@ -1,0 +1,1 @@
+"""Subcommands of the ``hyperforge`` CLI that belong to core."""
