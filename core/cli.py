@@ -25,6 +25,7 @@ CORE_COMMANDS: tuple[str, ...] = (
     "core.commands.model_cmds",
     "core.commands.data_cmds",
     "core.commands.train_cmds",
+    "core.commands.sample_cmds",
 )
 
 

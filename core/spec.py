@@ -10,12 +10,14 @@ by ``core.training.schedule``, so each rule has exactly one implementation.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
+from core.data.templates import resolve_template
 from core.errors import InvalidOptionError
 from core.hypernetwork.options import HypernetworkOptions
 from core.training.schedule import Schedule, validate_schedule
@@ -55,7 +57,9 @@ def _custom(code: str, message: str, option: str | None = None) -> PydanticCusto
 def _schedule(value: Any, option: str) -> str:
     """Normalise a schedule given as a number to its string form and check its syntax."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise _custom("invalid_type", "expected a number or a schedule string such as '5e-6' or '1e-5:1000, 1e-6'")
+        raise _custom(
+            "invalid_type", "expected a number or a schedule string such as '5e-6' or '1e-5:1000, 1e-6'"
+        )
     text = repr(float(value)) if isinstance(value, int | float) else value
     try:
         validate_schedule(text, option)
@@ -141,11 +145,22 @@ class TrainingSection:
         # JSON users write true/false; we keep one spelling so the field has a single type.
         return ("true" if value else "false") if isinstance(value, bool) else value
 
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, value: str) -> str:
+        try:
+            resolve_template(value)
+        except InvalidOptionError as exc:
+            raise _custom("invalid_template", exc.message) from None
+        return value
+
     @field_validator("optimizer")
     @classmethod
     def _known_optimizer(cls, value: str) -> str:
         if value not in OPTIMIZERS:
-            raise _custom("unknown_optimizer", f"unknown optimizer {value!r}; choose one of {', '.join(OPTIMIZERS)}")
+            raise _custom(
+                "unknown_optimizer", f"unknown optimizer {value!r}; choose one of {', '.join(OPTIMIZERS)}"
+            )
         return value
 
 
@@ -266,7 +281,9 @@ def _spec_error(exc: ValidationError) -> SpecError:
     for err in exc.errors(include_url=False):
         ctx = err.get("ctx") or {}
         option = ctx.get("option") if isinstance(ctx.get("option"), str) else None
-        errors.append({"pointer": _pointer(err["loc"], option), "code": _code(err["type"]), "detail": err["msg"]})
+        code = _code(err["type"])
+        detail = f"unknown field {err['loc'][-1]!r}" if code == "unknown_field" and err["loc"] else err["msg"]
+        errors.append({"pointer": _pointer(err["loc"], option), "code": code, "detail": detail})
     return SpecError(errors)
 
 
@@ -291,15 +308,19 @@ def _check_arch(arch: str) -> None:
         raise InvalidOptionError(f"unknown architecture {arch!r}; expected sd1, sd2 or sdxl", option="arch")
 
 
-def resolve_spec(spec: TrainingSpec, arch: str) -> TrainingSpec:
-    """Fill the defaults that depend on the base model's architecture (``sd1``, ``sd2``, ``sdxl``)."""
+def resolve_spec(spec: TrainingSpec, arch: str, default_sizes: Sequence[int] | None = None) -> TrainingSpec:
+    """Fill the defaults that depend on the base model: ``enable_sizes`` for ``sd1``, ``sd2``, ``sdxl``.
+
+    ``default_sizes`` replaces the architecture's table (for models with other attention widths,
+    such as the tiny test models); a spec that names its sizes keeps them.
+    """
     _check_arch(arch)
-    hn = spec.hypernetwork
-    if hn.enable_sizes is None:
-        data = spec_to_dict(spec)
-        data["hypernetwork"]["enable_sizes"] = list(DEFAULT_ENABLE_SIZES[arch])
-        return parse_spec(data)
-    return spec
+    if spec.hypernetwork.enable_sizes is not None:
+        return spec
+    data = spec_to_dict(spec)
+    sizes = DEFAULT_ENABLE_SIZES[arch] if default_sizes is None else tuple(default_sizes)
+    data["hypernetwork"]["enable_sizes"] = list(sizes)
+    return parse_spec(data)
 
 
 def spec_warnings(spec: TrainingSpec) -> list[str]:
@@ -313,7 +334,9 @@ def spec_warnings(spec: TrainingSpec) -> list[str]:
             "train at 5e-6 to 5e-7 and overfit or collapse at high rates"
         )
     if schedule.end_step < t.steps:
-        warnings.append(f"the learning-rate schedule ends at step {schedule.end_step}, before steps={t.steps}")
+        warnings.append(
+            f"the learning-rate schedule ends at step {schedule.end_step}, before steps={t.steps}"
+        )
     if t.steps > STEPS_WARNING_THRESHOLD:
         warnings.append(f"{t.steps} steps is above {STEPS_WARNING_THRESHOLD}; 10,000-20,000 is usual")
     if t.varsize and t.bucketing:

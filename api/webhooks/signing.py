@@ -79,6 +79,8 @@ def verify(
     expected = sign(secret, msg_id, timestamp, body).encode()
     # Several signatures may be sent during a key rotation; any one valid v1 entry suffices.
     for candidate in received.split(" "):
-        if candidate.startswith(SIGNATURE_VERSION + ",") and hmac.compare_digest(candidate.encode(), expected):
+        if candidate.startswith(SIGNATURE_VERSION + ",") and hmac.compare_digest(
+            candidate.encode(), expected
+        ):
             return
     raise WebhookSignatureError("no webhook signature matches")

@@ -130,7 +130,9 @@ def check_webhook_url(url: str, *, allow_private: bool, resolver: Resolver = sys
             host.encode("idna")
             raw = list(resolver(host, port))
         except (OSError, UnicodeError) as exc:
-            raise UnsafeWebhookURLError(f"the host {host!r} does not resolve ({exc})", pointer="/url") from None
+            raise UnsafeWebhookURLError(
+                f"the host {host!r} does not resolve ({exc})", pointer="/url"
+            ) from None
     if not raw:
         raise UnsafeWebhookURLError(f"the host {host!r} does not resolve", pointer="/url")
     addresses = [ipaddress.ip_address(a) for a in raw]
@@ -143,4 +145,6 @@ def check_webhook_url(url: str, *, allow_private: bool, resolver: Resolver = sys
                 f"the URL's host resolves to {address}, a {reason} address webhooks may not target",
                 pointer="/url",
             )
-    return CheckedURL(url=url, scheme=parts.scheme, host=host, port=port, addresses=tuple(map(str, addresses)))
+    return CheckedURL(
+        url=url, scheme=parts.scheme, host=host, port=port, addresses=tuple(map(str, addresses))
+    )

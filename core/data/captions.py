@@ -84,9 +84,7 @@ def fill_template(line: str, filewords: str, name: str) -> str:
     return line.replace("[filewords]", filewords).replace("[name]", name)
 
 
-def prepare_caption(
-    caption: str, rng: random.Random, *, shuffle: bool = False, drop_out: float = 0.0
-) -> str:
+def prepare_caption(caption: str, rng: random.Random, *, shuffle: bool = False, drop_out: float = 0.0) -> str:
     """Apply tag drop-out then shuffling (A1111's order) to one raw caption."""
     text = tag_drop_out(caption, drop_out, rng) if drop_out > 0 else caption
     return shuffle_tags(text, rng) if shuffle else text

@@ -26,9 +26,19 @@ DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 
 # Formats we train on; MPO is what cameras write for JPEGs with a preview frame.
 ACCEPTED_FORMATS: Final = frozenset({"PNG", "JPEG", "MPO", "WEBP", "BMP"})
-# Formats PIL may identify at all: anything else is "not an image" to us, which
-# also keeps PIL's rarer (and less hardened) parsers away from untrusted bytes.
-_OPEN_FORMATS: Final = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF", "ICO", "PPM", "TGA")
+# Formats PIL may identify at all (MPO comes through the JPEG plugin): anything else is "not an
+# image" to us, which also keeps PIL's rarer (and less hardened) parsers away from untrusted bytes.
+# Only formats with a real signature: lenient ones (TGA, PPM) would claim random text files.
+_OPEN_FORMATS: Final = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+_SIGNATURES: Final = (
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff",
+    b"BM",
+    b"GIF87a",
+    b"GIF89a",
+    b"II*\x00",
+    b"MM\x00*",
+)
 _ALPHA_MODES: Final = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 
 REJECTION_CODES: Final = (
@@ -143,19 +153,37 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
     try:
         im = Image.open(io.BytesIO(data), formats=_OPEN_FORMATS)
     except UnidentifiedImageError as exc:
+        if data[4:8] == b"ftyp":  # ISO media: HEIC/AVIF photos from phones
+            brand = data[8:12].decode("latin-1")
+            raise ImageRejectedError(
+                "unsupported_format", f"{brand!r} (HEIC/AVIF) images are not accepted"
+            ) from exc
+        if _looks_like_image(data):
+            raise ImageRejectedError("undecodable", "an image signature, but a broken header") from exc
         raise ImageRejectedError("not_an_image", "the content is not a recognised image") from exc
     fmt = im.format or "?"
     frames = int(getattr(im, "n_frames", 1) or 1)
     if frames > 1 and fmt != "MPO":
         raise ImageRejectedError("animated", f"animated {fmt} with {frames} frames")
     if fmt not in ACCEPTED_FORMATS:
-        raise ImageRejectedError("unsupported_format", f"{fmt} images are not accepted (png, jpeg, webp, bmp)")
+        raise ImageRejectedError(
+            "unsupported_format", f"{fmt} images are not accepted (png, jpeg, webp, bmp)"
+        )
     width, height = im.size
     if width * height > max_pixels:
         raise ImageRejectedError(
             "decompression_bomb", f"declares {width}x{height} = {width * height} pixels (max {max_pixels})"
         )
     return im
+
+
+def _looks_like_image(data: bytes) -> bool:
+    """Whether the bytes start with the signature of an image format we know."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return True
+    if data[:2] == b"BM" and data[6:10] == b"\x00\x00\x00\x00":  # BMP: reserved header fields are zero
+        return True
+    return data.startswith(_SIGNATURES)
 
 
 def _format_name(im: Image.Image) -> str:

@@ -101,10 +101,11 @@ def clip_tokenizer(*, pad_token: str = EOS, cache_dir: Path | None = None) -> CL
     vocab_path, merges_path = write_vocab_files(cache_dir or DEFAULT_CACHE_DIR)
     vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
     lines = merges_path.read_text(encoding="utf-8").split("\n")[1:-1]
+    # tokenizers wants (left, right) pairs.
     merges = [tuple(line.split(" ")) for line in lines]
     tokenizer = CLIPTokenizer(
         vocab=vocab,
-        merges=merges,
+        merges=merges,  # type: ignore[arg-type]
         unk_token=EOS,
         bos_token=BOS,
         eos_token=EOS,

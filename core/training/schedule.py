@@ -47,7 +47,9 @@ def _parse_step(text: str, option: str) -> int:
     if step == -1:
         return step
     if step <= 0:
-        raise InvalidOptionError(f"step {step} must be a positive integer (or -1 for 'to the end')", option=option)
+        raise InvalidOptionError(
+            f"step {step} must be a positive integer (or -1 for 'to the end')", option=option
+        )
     return step
 
 
@@ -74,7 +76,9 @@ def parse_segments(schedule: str | float | int, option: str = "learn_rate") -> t
             previous = segments[-1].until
             assert previous is not None  # guarded above: only the last segment may run to the end
             if until <= previous:
-                raise InvalidOptionError(f"steps must increase, but {until} follows {previous}", option=option)
+                raise InvalidOptionError(
+                    f"steps must increase, but {until} follows {previous}", option=option
+                )
         segments.append(Segment(rate, until))
     if not segments:
         raise InvalidOptionError(f"the schedule is empty; {_HELP}", option=option)

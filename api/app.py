@@ -1,0 +1,94 @@
+"""The FastAPI app factory.
+
+``create_app(settings)`` builds the database, the object store, the metrics registry and the
+middleware from the settings (or takes a ``database``/``store`` a test or the local-mode runner
+built), installs the problem+json handlers and includes every router in ``api.routers.ROUTERS``.
+Run it with ``hyperforge serve`` (uvicorn, ``factory=True``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from api.db.engine import Database
+from api.errors import install_problem_handlers
+from api.metrics import HttpMetrics, ServiceCollector, broker_for
+from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from api.routers import ROUTERS
+from api.security import PrincipalCache
+from api.settings import Settings, get_settings
+from api.storage import ObjectStore, build_store
+from core import __version__
+
+DESCRIPTION = """\
+Train AUTOMATIC1111-compatible Stable Diffusion hypernetworks over HTTP.
+
+Authenticate with `Authorization: Bearer hf_live_...`. Every error is `application/problem+json`
+(RFC 9457) with a stable `code`, the `request_id` (also the `X-Request-Id` header) and, for field
+problems, `errors: [{pointer, code, detail}]` with JSON pointers. Objects of other tenants are 404.
+Lists are newest first with cursor pagination (`limit`, `after` = the previous page's `next_cursor`).
+"""
+
+TAGS = [
+    {"name": "datasets", "description": "Upload and validate training images and captions."},
+    {"name": "models", "description": "Base models jobs can train on."},
+    {"name": "jobs", "description": "Training jobs: create (idempotent), validate, follow, cancel, retry."},
+    {"name": "events", "description": "Each job's event log: polling and server-sent events."},
+    {"name": "artifacts", "description": "Files jobs produce: hypernetworks, checkpoints, samples, logs."},
+    {"name": "webhooks", "description": "Signed event deliveries to your endpoints."},
+    {"name": "admin", "description": "Operator routes behind the admin token."},
+    {"name": "operations", "description": "Health, readiness and metrics."},
+]
+
+
+def create_app(
+    settings: Settings | None = None, *, database: Database | None = None, store: ObjectStore | None = None
+) -> FastAPI:
+    """Build the app; a ``database`` or ``store`` passed in is used as is and not disposed of."""
+    settings = settings or get_settings()
+    owns_database = database is None
+    db = database or Database.from_url(
+        settings.effective_database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )
+    object_store = store or build_store(settings)
+    broker = broker_for(settings.broker_url)
+    registry = CollectorRegistry()
+    registry.register(ServiceCollector(db, broker))
+    http_metrics = HttpMetrics(registry)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owns_database:
+            db.dispose()
+
+    app = FastAPI(
+        title="Hyperforge",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.database = db
+    app.state.store = object_store
+    app.state.broker = broker
+    app.state.registry = registry
+    app.state.key_cache = PrincipalCache(settings.auth_cache_seconds)
+    install_problem_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    # Added innermost first: the request id is assigned before the body limit can answer 413.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        default=settings.max_request_bytes,
+        limits={("POST", "/v1/datasets"): settings.max_upload_bytes},
+    )
+    app.add_middleware(RequestContextMiddleware, metrics=http_metrics)
+    return app

@@ -1,0 +1,95 @@
+"""FastAPI dependencies as ``Annotated`` aliases: ``SessionDep``, ``TenantDep``, ``SettingsDep``, ``StorageDep``.
+
+The app factory puts the settings, the ``Database``, the object store and the key cache on
+``app.state``; these read them from there, so a test can build an app around its own database
+and store without patching anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from api.db.engine import Database
+from api.errors import ForbiddenProblem, UnauthorizedProblem
+from api.security import Principal, PrincipalCache, admin_token_matches
+from api.services.tenants import authenticate
+from api.settings import Settings
+from api.storage import ObjectStore
+
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="`Authorization: Bearer hf_live_...` (a tenant's API key).",
+)
+admin_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="AdminToken",
+    description="`Authorization: Bearer <HYPERFORGE_ADMIN_TOKEN>` (operators only).",
+)
+
+
+def get_settings(request: Request) -> Settings:
+    """The app's settings."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_database(request: Request) -> Database:
+    """The app's database (engine + session factory)."""
+    database: Database = request.app.state.database
+    return database
+
+
+def get_store(request: Request) -> ObjectStore:
+    """The app's object store."""
+    store: ObjectStore = request.app.state.store
+    return store
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """A session for the request; services commit, anything uncommitted is rolled back at the end."""
+    with get_database(request).session() as session:
+        yield session
+
+
+def get_principal(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+) -> Principal:
+    """The tenant the request's API key belongs to; 401 problem otherwise."""
+    if credentials is None:
+        raise UnauthorizedProblem("send 'Authorization: Bearer <api key>'", code="missing_api_key")
+    cache: PrincipalCache = request.app.state.key_cache
+    # A short session of its own: the request's session must not hold a connection through a long upload.
+    with get_database(request).session() as session:
+        principal = authenticate(session, get_settings(request), credentials.credentials, cache)
+    if principal is None:
+        raise UnauthorizedProblem("the API key is not valid or was revoked", code="invalid_api_key")
+    request.state.tenant_id = principal.tenant_id
+    return principal
+
+
+def require_admin(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(admin_scheme)]
+) -> None:
+    """Let only holders of the admin token through; 403 when no token is configured."""
+    expected = get_settings(request).admin_token
+    if expected is None:
+        raise ForbiddenProblem(
+            "admin routes are disabled (HYPERFORGE_ADMIN_TOKEN is not set)", code="admin_disabled"
+        )
+    given = credentials.credentials if credentials is not None else None
+    if not admin_token_matches(given, expected.get_secret_value()):
+        raise UnauthorizedProblem("send 'Authorization: Bearer <admin token>'", code="invalid_admin_token")
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
+SessionDep = Annotated[Session, Depends(get_session)]
+StorageDep = Annotated[ObjectStore, Depends(get_store)]
+TenantDep = Annotated[Principal, Depends(get_principal)]
+AdminDep = Depends(require_admin)

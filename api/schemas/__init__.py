@@ -1,0 +1,1 @@
+"""Pydantic request and response models of the HTTP edge, one module per domain."""

@@ -1,0 +1,35 @@
+"""Celery tasks: thin edges that take an id and call the code that does the work.
+
+``run_job`` is delivered at least once (late ack, redelivery after a lost worker, the reconciler's
+re-enqueue); the runner's compare-and-set claim makes every delivery but one a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.signals import worker_init
+
+from worker.celery_app import RUN_JOB_TASK, app
+
+log = logging.getLogger(__name__)
+
+
+@worker_init.connect
+def _preload(**_kwargs: Any) -> None:
+    """Import the runner (torch, diffusers) once in the parent so forked children start warm.
+
+    Importing torch does not initialise CUDA; each job's child does that after the fork.
+    """
+    import worker.runner  # noqa: F401
+
+
+@app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_job(job_id: str) -> str:
+    """Claim and run one training job; returns how the delivery ended (``ran``, ``skipped``...)."""
+    from worker.runner import run_job as run
+
+    outcome = run(job_id)
+    log.info("job %s: %s", job_id, outcome)
+    return outcome
