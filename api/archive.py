@@ -222,7 +222,7 @@ class SafeZip:
                 yield _member_name(info), info
 
     def check(self, info: zipfile.ZipInfo) -> None:
-        """Reject a member from its header alone (encrypted, symlink, declared too large or too compressed)."""
+        """Reject a member by its header alone: encrypted, symlink, declared too large or too compressed."""
         if info.flag_bits & 0x1:
             raise MemberRejectedError("encrypted", "encrypted members are not accepted")
         mode = info.external_attr >> 16

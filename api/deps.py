@@ -1,4 +1,4 @@
-"""FastAPI dependencies as ``Annotated`` aliases: ``SessionDep``, ``TenantDep``, ``SettingsDep``, ``StorageDep``.
+"""FastAPI dependencies as ``Annotated`` aliases: ``SessionDep``, ``TenantDep``, ``SettingsDep`` ...
 
 The app factory puts the settings, the ``Database``, the object store and the key cache on
 ``app.state``; these read them from there, so a test can build an app around its own database

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     database_max_overflow: int = Field(10, ge=0)
     broker_url: str = Field(
         "",
-        description="Celery broker; `redis://...` is pinged by /readyz, empty means local mode's embedded one.",
+        description="Celery broker; `redis://` ones are pinged by /readyz; empty: local mode's embedded one.",
     )
 
     storage_backend: Literal["filesystem", "s3"] = "filesystem"

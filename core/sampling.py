@@ -35,7 +35,6 @@ from core.grids import (
     quote,
     strength_label,
 )
-
 from core.inject import attach
 
 if TYPE_CHECKING:

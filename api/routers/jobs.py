@@ -130,9 +130,7 @@ def create_job(
 )
 def validate_job(session: SessionDep, tenant: TenantDep, body: JsonBody) -> JobValidation:
     """Check a spec without creating anything: the resolved spec, warnings and a size/time estimate."""
-    result = service.validate_job(session, tenant.tenant_id, body)
-    session.rollback()  # a dry run: nothing it touched may be kept
-    return result
+    return service.validate_job(session, tenant.tenant_id, body)
 
 
 @router.get("", summary="List jobs", responses=problems(422))

@@ -74,7 +74,7 @@ class DatasetReport(BaseModel):
 
 
 class Dataset(BaseModel):
-    """A validated dataset. `invalid` ones (no usable image) are kept with their report but cannot be trained on."""
+    """A validated dataset; `invalid` ones (no usable image) keep their report but cannot be trained on."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [DATASET_EXAMPLE]})
 

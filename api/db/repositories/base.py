@@ -16,7 +16,10 @@ MAX_PAGE_SIZE = 100
 class HasId(Protocol):
     """Rows paged by their id."""
 
-    id: str
+    @property
+    def id(self) -> str:
+        """The row's primary key."""
+        ...
 
 
 T = TypeVar("T", bound=HasId)
@@ -41,7 +44,7 @@ class Page(Generic[T]):
 
 def keyset_page(
     session: Session,
-    stmt: Select[tuple[T]],
+    stmt: Select[T],
     id_column: InstrumentedAttribute[str],
     *,
     limit: int,
