@@ -4,7 +4,13 @@ Samplers are diffusers schedulers built from the base model's own scheduler conf
 model's ``prediction_type`` (epsilon or v_prediction) and beta schedule carry over. Every
 random draw (the initial latents and the ancestral noise) comes from a CPU
 ``torch.Generator`` seeded per request, so a seed gives the same noise on CPU and on CUDA
-and rendering never touches the global RNG the trainer relies on.
+and rendering never touches the global RNG the trainer relies on. Requests are rendered one
+at a time, so an image never depends on what else was in the call.
+
+Strength: ``render(..., stack, strength)`` applies each network at ``network.strength *
+strength`` (the CLI's ``FILE:0.8`` and a grid column's value multiply); a network whose product
+is 0 is left out, so strength 0 renders exactly the base model. Strengths, train/eval modes and
+the UNet's attention processors are restored afterwards, even on error.
 """
 
 from __future__ import annotations
@@ -90,6 +96,12 @@ def check_strength(value: float, option: str = "strength") -> float:
     return float(value)
 
 
+def _check_int(option: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _fail(option, f"must be an integer in {low}..{high}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class SampleRequest:
     """One image to render: prompt, seed and the sampler settings A1111 shows."""
@@ -106,18 +118,10 @@ class SampleRequest:
     def __post_init__(self) -> None:
         check_sampler(self.sampler)
         for option, side in (("width", self.width), ("height", self.height)):
-            if isinstance(side, bool) or not isinstance(side, int) or not 8 <= side <= MAX_SIDE:
-                raise _fail(option, f"must be an integer in 8..{MAX_SIDE}, got {side!r}")
-            if side % 8:
+            if _check_int(option, side, 8, MAX_SIDE) % 8:
                 raise _fail(option, f"must be a multiple of 8, got {side}")
-        if (
-            isinstance(self.steps, bool)
-            or not isinstance(self.steps, int)
-            or not 1 <= self.steps <= MAX_STEPS
-        ):
-            raise _fail("steps", f"must be an integer in 1..{MAX_STEPS}, got {self.steps!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            raise _fail("seed", f"must be an integer in 0..{MAX_SEED}, got {self.seed!r}")
+        _check_int("steps", self.steps, 1, MAX_STEPS)
+        _check_int("seed", self.seed, 0, MAX_SEED)
         cfg = self.cfg_scale
         if isinstance(cfg, bool) or not isinstance(cfg, int | float) or not 1.0 <= cfg <= MAX_CFG:
             raise _fail("cfg_scale", f"must be a number in 1..{MAX_CFG:g}, got {cfg!r}")
@@ -166,22 +170,23 @@ def model_infotext(
 @contextmanager
 def _applied(model: BaseModel, stack: Sequence[Hypernetwork], strength: float) -> Iterator[None]:
     """Attach ``stack`` scaled by ``strength`` in eval mode; restore strengths, modes and processors."""
+    unet: Any = model.unet  # diffusers' nn.Module mixins are untyped
     saved = [(hn, hn.strength, hn.training) for hn in stack]
-    unet_training = model.unet.training
+    unet_training = unet.training
     try:
-        model.unet.eval()
+        unet.eval()
         for hn, base, _ in saved:
             hn.strength = base * strength
             hn.eval()  # strength applies only in eval mode; it also turns dropout off
         # A zero-strength network adds exactly nothing: leave it out. Attaching even an empty stack
         # replaces whatever the UNet carries (the trainer's own attachment), so only ``stack`` applies.
-        with attach(model.unet, [hn for hn in stack if hn.strength != 0]):
+        with attach(unet, [hn for hn in stack if hn.strength != 0]):
             yield
     finally:
         for hn, base, training in saved:
             hn.strength = base
             hn.train(training)
-        model.unet.train(unet_training)
+        unet.train(unet_training)
 
 
 def _moved(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
@@ -197,14 +202,14 @@ def _moved(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
 
 def _denoise(model: BaseModel, request: SampleRequest) -> torch.Tensor:
     """Run one request's sampling loop; returns float32 latents (1, C, h, w) on the UNet's device."""
-    unet = model.unet
+    unet: Any = model.unet
+    noise_scheduler: Any = model.noise_scheduler
     device, dtype = unet.device, unet.dtype
     scale = model.vae_scale_factor
-    if request.width % scale or request.height % scale:
-        raise _fail("width", f"size {request.width}x{request.height} is not a multiple of {scale}")
-    scheduler = make_scheduler(
-        request.sampler, model.noise_scheduler.config, getattr(model, "prediction_type", None)
-    )
+    for option, side in (("width", request.width), ("height", request.height)):
+        if side % scale:
+            raise _fail(option, f"must be a multiple of {scale} for this model, got {side}")
+    scheduler = make_scheduler(request.sampler, noise_scheduler.config, model.prediction_type)
     scheduler.set_timesteps(request.steps, device=device)
     generator = torch.Generator("cpu").manual_seed(request.seed)
     shape = (1, unet.config.in_channels, request.height // scale, request.width // scale)
@@ -229,7 +234,7 @@ def _denoise(model: BaseModel, request: SampleRequest) -> torch.Tensor:
 
 def _decode(model: BaseModel, latents: torch.Tensor) -> torch.Tensor:
     """VAE-decode latents to float32 pixels (1, 3, H, W) in [-1, 1] (unclamped)."""
-    vae = model.vae
+    vae: Any = model.vae
     config = vae.config
     latents = latents / config.scaling_factor
     if getattr(config, "shift_factor", None) is not None:
@@ -249,7 +254,7 @@ def _decode(model: BaseModel, latents: torch.Tensor) -> torch.Tensor:
 def _to_image(pixels: torch.Tensor) -> Image.Image:
     """Pixels (1, 3, H, W) in [-1, 1] -> an RGB PIL image."""
     array = ((pixels[0] / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-    return Image.fromarray(np.ascontiguousarray(array.permute(1, 2, 0).cpu().numpy()), mode="RGB")
+    return Image.fromarray(np.ascontiguousarray(array.permute(1, 2, 0).cpu().numpy()))
 
 
 def render(
@@ -259,6 +264,7 @@ def render(
     strength: float = 1.0,
 ) -> list[Image.Image]:
     """Render each request with ``stack`` attached, every network at its own strength times ``strength``."""
+    # The networks must already be on the UNet's device (the trainer's are; the CLI moves them).
     strength = check_strength(strength)
     images = []
     with torch.no_grad(), _applied(model, stack, strength):

@@ -279,9 +279,8 @@ def fetch_prefix(store: ObjectStore, prefix: str, into: Path) -> None:
 
 def dataset_path(folder: Path) -> Path:
     """The path core reads: the single archive in the folder, or the folder itself."""
-    files = [p for p in folder.rglob("*") if p.is_file() and p.name != ".complete"]
-    archives = [p for p in files if p.suffix.lower() == ".zip"]
-    return archives[0] if len(files) == 1 and archives else folder
+    archives = [p for p in folder.rglob("*.zip") if p.is_file()]
+    return archives[0] if len(archives) == 1 else folder
 
 
 def fetch_model_uri(uri: str, into: Path, settings: Settings) -> None:
@@ -345,13 +344,28 @@ def error_of(exc: BaseException) -> tuple[str, str]:
 class JobRun:
     """One delivery of one job, from claim to a final state (or to a lost lease)."""
 
-    def __init__(self, settings: Settings, db: Database, store: ObjectStore, job_id: str, owner: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        store: Callable[[], ObjectStore],
+        job_id: str,
+        owner: str,
+    ) -> None:
         self.settings = settings
         self.db = db
-        self.store = store
+        self._make_store = store
+        self._store: ObjectStore | None = None
         self.job_id = job_id
         self.owner = owner
         self.cache = DiskCache(settings.effective_cache_dir, settings.worker_cache_max_bytes)
+
+    @property
+    def store(self) -> ObjectStore:
+        """The object store, built on first use (after the claim, so a skipped delivery costs little)."""
+        if self._store is None:
+            self._store = self._make_store()
+        return self._store
 
     def run(self) -> str:
         """Claim and run the job; returns skipped, succeeded, cancelled, failed or lease_lost."""
@@ -622,6 +636,6 @@ def run_job(job_id: str) -> str:
     settings = get_settings()
     db = Database.from_url(db_url_for_worker(settings.effective_database_url), pool_size=3, max_overflow=2)
     try:
-        return JobRun(settings, db, build_store(settings), job_id, worker_identity()).run()
+        return JobRun(settings, db, lambda: build_store(settings), job_id, worker_identity()).run()
     finally:
         db.dispose()

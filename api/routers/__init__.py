@@ -7,11 +7,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.routers import admin, datasets, models, ops
+from api.routers import admin, artifacts, datasets, events, jobs, models, ops, webhooks
 
 ROUTERS: list[APIRouter] = [
     ops.router,
     datasets.router,
     models.router,
     admin.router,
+    jobs.router,
+    events.router,
+    artifacts.router,
+    webhooks.router,
 ]

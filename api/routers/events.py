@@ -44,9 +44,15 @@ async def job_events(
     job_id: JobId,
     tenant: TenantDep,
     database: DatabaseDep,
-    after: Annotated[int | None, Query(ge=0, le=MAX_SEQ, description="Only events with a larger seq.")] = None,
-    limit: Annotated[int, Query(ge=1, le=service.MAX_EVENTS_PAGE, description="Page size (JSON only).")] = 100,
-    last_event_id: Annotated[str | None, Header(description="SSE reconnection: resume after this seq.")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_SEQ, description="Only events with a larger seq.")
+    ] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=service.MAX_EVENTS_PAGE, description="Page size (JSON only).")
+    ] = 100,
+    last_event_id: Annotated[
+        str | None, Header(description="SSE reconnection: resume after this seq.")
+    ] = None,
 ) -> JobEventList | StreamingResponse:
     """The job's events after `after`, oldest first; `Accept: text/event-stream` streams them live."""
     resume = service.parse_last_event_id(last_event_id)

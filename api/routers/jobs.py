@@ -25,9 +25,15 @@ _IDEMPOTENCY_PARAMETER: dict[str, Any] = {
     "name": IDEMPOTENCY_HEADER,
     "in": "header",
     "required": True,
-    "description": "A unique key per intended job (a UUID): a retry with the same key and body replays the "
-    "first response (`Idempotent-Replayed: true`); the same key with another body is 422 `idempotency_key_reused`.",
-    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY, "pattern": "^[\\x21-\\x7e]+$"},
+    "description": "A unique key per intended job (a UUID): a retry with the same key and body replays "
+    "the first response (`Idempotent-Replayed: true`); the same key with another body is 422 "
+    "`idempotency_key_reused`.",
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_IDEMPOTENCY_KEY,
+        "pattern": "^[\\x21-\\x7e]+$",
+    },
     "example": "5f1c2d3e-8a9b-4c0d-9e1f-2a3b4c5d6e7f",
 }
 
@@ -66,7 +72,9 @@ async def json_body(request: Request) -> Any:
         raise BadRequestProblem(f"the body is not valid JSON: {exc}", code="invalid_json") from None
     pointer = _nul_pointer(body)
     if pointer is not None:
-        raise ValidationProblem("strings must not contain NUL characters", code="invalid_string", pointer=pointer)
+        raise ValidationProblem(
+            "strings must not contain NUL characters", code="invalid_string", pointer=pointer
+        )
     return body
 
 
@@ -75,7 +83,8 @@ def idempotency_key(request: Request) -> str:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None or not key.strip():
         raise BadRequestProblem(
-            f"POST /v1/jobs needs an {IDEMPOTENCY_HEADER} header (e.g. a UUID)", code="idempotency_key_required"
+            f"POST /v1/jobs needs an {IDEMPOTENCY_HEADER} header (e.g. a UUID)",
+            code="idempotency_key_required",
         )
     if len(key) > MAX_IDEMPOTENCY_KEY or not all(0x21 <= ord(c) <= 0x7E for c in key):
         raise BadRequestProblem(
@@ -138,7 +147,9 @@ def list_jobs(
     session: SessionDep,
     tenant: TenantDep,
     limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
-    after: Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page.")] = None,
+    after: Annotated[
+        str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
+    ] = None,
     status: Annotated[JobStatusValue | None, Query(description="Only jobs in this status.")] = None,
     end_user_id: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
 ) -> JobList:

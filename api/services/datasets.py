@@ -249,14 +249,12 @@ def _build(upload: DatasetUpload, settings: Settings, workdir: Path) -> _Built:
                 paired.add(key)
                 if upload.caption_source == "txt":
                     caption = _read_caption(txt, builder)
-            from_txt = caption is not None
-            builder.accept(
-                member.name, image[1], caption if from_txt else caption_from_filename(member.name), from_txt
-            )
+            text = caption if caption is not None else caption_from_filename(member.name)
+            builder.accept(member.name, image[1], text, caption is not None)
             out.writestr(zipfile.ZipInfo(member.name, _EPOCH), image[0], compress_type=zipfile.ZIP_STORED)
-            if from_txt:
+            if caption is not None:
                 info = zipfile.ZipInfo(key + ".txt", _EPOCH)
-                out.writestr(info, (caption or "").encode("utf-8"), compress_type=zipfile.ZIP_DEFLATED)
+                out.writestr(info, caption.encode("utf-8"), compress_type=zipfile.ZIP_DEFLATED)
         for key, txt in scan.captions.items():
             if key not in paired:
                 builder.unpaired_txt.append(txt.name)

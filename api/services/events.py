@@ -36,17 +36,14 @@ def append_event(
 
 
 def fan_out_event(session: Session, *, tenant_id: str, event: JobEvent) -> int:
-    """One pending delivery per endpoint subscribed to the event's type; return how many were created."""
+    """One pending delivery per endpoint subscribed to the event's type; return how many endpoints."""
     webhooks = WebhookRepository(session)
     endpoints = webhooks.endpoints_for_event(tenant_id, event.type)
     if not endpoints:
         return 0
-    created = webhooks.add_deliveries(
-        endpoint_ids=[e.id for e in endpoints], event_id=event.id, job_id=event.job_id
-    )
-    if created:
-        OutboxRepository(session).add(WEBHOOK_DELIVER, {"event_id": event.id})
-    return created
+    webhooks.add_deliveries(endpoint_ids=[e.id for e in endpoints], event_id=event.id, job_id=event.job_id)
+    OutboxRepository(session).add(WEBHOOK_DELIVER, {"event_id": event.id})
+    return len(endpoints)
 
 
 def event_to_schema(event: JobEvent) -> JobEventSchema:

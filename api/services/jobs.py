@@ -167,12 +167,16 @@ def create_job(
     response = job_to_schema(job).model_dump(mode="json")
     # Last write of the transaction: a concurrent request with the same key waits here on the
     # unique index until this one commits, then finds the key taken and replays it.
-    if not keys.insert_if_absent(
+    keys.insert_if_absent(
         tenant_id=tenant_id, key=idempotency_key, request_hash=body_hash, job_id=job.id, response=response
-    ):
+    )
+    # Whose key is it? (Read back rather than trusting the driver's rowcount for INSERT .. ON CONFLICT.)
+    stored = keys.get(tenant_id, idempotency_key)
+    if stored is None or stored.job_id != job.id:
         session.rollback()
         winner = keys.get(tenant_id, idempotency_key)
-        assert winner is not None  # the insert conflicted with a committed row
+        if winner is None:  # the other request rolled back after all; the client may simply retry
+            raise ConflictProblem("a concurrent request with this Idempotency-Key failed; retry", code="job_busy")
         return _replay(winner.request_hash, winner.response, body_hash)
     session.commit()
     return CreatedJob(body=response, replayed=False)

@@ -100,6 +100,8 @@ def parse_webhook_url(url: str) -> SplitResult:
     """Check a webhook URL's shape: http(s), a host, no credentials, bounded length."""
     if len(url) > MAX_URL_LENGTH:
         raise UnsafeWebhookURLError(f"the URL is longer than {MAX_URL_LENGTH} characters", pointer="/url")
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        raise UnsafeWebhookURLError("the URL must not contain spaces or control characters", pointer="/url")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port

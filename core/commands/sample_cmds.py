@@ -83,7 +83,11 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "sample",
         help="render prompts with hypernetworks into a labelled PNG grid",
-        description=__doc__,
+        description=(
+            "Render prompts (rows, all with one seed) with hypernetworks stacked at FILE:STRENGTH, "
+            "scaled by each --strengths value (columns), into a labelled PNG grid whose 'parameters' "
+            "text A1111's PNG Info reads. Options are checked first: a refused option writes no file."
+        ),
     )
     p.add_argument("--model", required=True, help="diffusers model folder or single-file checkpoint")
     p.add_argument("--arch", choices=("sd1", "sd2", "sdxl"), help="model architecture (default: detect)")

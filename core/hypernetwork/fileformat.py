@@ -23,6 +23,7 @@ from core.hypernetwork.fileformat_dict import ParsedFile, parse_a1111_dict, to_a
 from core.hypernetwork.fileformat_safetensors import load_safetensors, read_safetensors_dict, save_safetensors
 from core.hypernetwork.fileformat_zip import ALLOWED_ENTRY, save_torch_file, sha256_file
 from core.hypernetwork.module import Hypernetwork
+from core.hypernetwork.options import ALLOWED_ACTIVATIONS
 
 __all__ = [
     "load_any",
@@ -174,6 +175,38 @@ def zip_entry_problems(path: str | os.PathLike[str]) -> list[str]:
     return problems
 
 
+def comfyui_layer_kinds(parsed: ParsedFile) -> list[str]:
+    """The layers ComfyUI builds for each module of a parsed file ("linear", "activation", ...).
+
+    Re-expresses ComfyUI's rule (comfy_extras/nodes_hypernetwork.py, load_hypernetwork_patch): it
+    reads the flags with its own defaults (activate_output False), walks the ``.weight`` keys in
+    order, one per Linear plus one per LayerNorm, and calls a Linear "last" or "penultimate" by its
+    position among those keys. Dropout (p=0.3) comes from use_dropout/last_layer_dropout, never from
+    dropout_structure, and stays active because ComfyUI never calls eval().
+    """
+    stored = parsed.stored
+    options = parsed.hypernetwork.options
+    activation = stored.get("activation_func", "linear")
+    activate_output = stored.get("activate_output", False) is True
+    use_dropout = stored.get("use_dropout", False) is True
+    last_layer_dropout = stored.get("last_layer_dropout", False) is True
+    n_keys = (len(options.layer_structure) - 1) * (2 if options.is_layer_norm else 1)
+    kinds: list[str] = []
+    i = 0
+    while i < n_keys:
+        last, penultimate = i == n_keys - 1, i == n_keys - 2
+        kinds.append("linear")
+        if activation != "linear" and (not last or activate_output):
+            kinds.append("activation")
+        if options.is_layer_norm:
+            i += 1  # the LayerNorm's weight key
+            kinds.append("layer_norm")
+        if use_dropout and not last and (not penultimate or last_layer_dropout):
+            kinds.append("dropout")
+        i += 1
+    return kinds
+
+
 def _reasons_not_same(fmt: str, parsed: ParsedFile, zip_problems: list[str]) -> list[str]:
     """Why A1111 and ComfyUI would not both load this file and compute the same function."""
     options = parsed.hypernetwork.options
@@ -181,18 +214,35 @@ def _reasons_not_same(fmt: str, parsed: ParsedFile, zip_problems: list[str]) -> 
     if fmt == "safetensors":
         reasons.append("A1111 and ComfyUI load hypernetworks from .pt files only: convert it to .pt first")
     reasons += [f"A1111's safe loader refuses the file: {p}" for p in zip_problems]
-    if options.use_dropout:
+    # Both programs look the name up exactly; a missing key means no activation in both.
+    activation = parsed.stored.get("activation_func", "linear")
+    if activation is None:
         reasons.append(
-            "it has Dropout layers (training layout): ComfyUI never switches to eval, so its dropout stays "
-            "active and is placed by ComfyUI's own rule; write a release file (convert --release)"
+            "activation_func is None: A1111 reads it as linear but ComfyUI refuses the file (write 'linear')"
         )
-    if options.is_layer_norm and options.activation_func != "linear" and not options.activate_output:
+    elif activation not in ALLOWED_ACTIVATIONS:
         reasons.append(
-            "layer norm + non-linear activation + activate_output false: ComfyUI applies the activation "
-            "after the last Linear as well"
+            f"activation_func {activation!r}: A1111 and ComfyUI match names exactly and refuse it "
+            f"(write {options.activation_func!r})"
         )
-    if "activate_output" in parsed.defaulted and options.activation_func != "linear":
-        reasons.append("activate_output is missing: A1111 defaults it to true, ComfyUI to false")
+    comfy = comfyui_layer_kinds(parsed)
+    if "dropout" in comfy:
+        reasons.append(
+            "ComfyUI builds Dropout layers from use_dropout/last_layer_dropout and never switches to eval, "
+            "so its dropout stays active; write a release file (convert --release)"
+        )
+    # In eval, A1111's Dropout layers are identity: compare the layers that compute something.
+    ours = [
+        layer.kind for layer in options.sequential_layout(options.enable_sizes[0]) if layer.kind != "dropout"
+    ]
+    if [kind for kind in comfy if kind != "dropout"] != ours:
+        stored_output = parsed.stored.get("activate_output")
+        reasons.append(
+            "ComfyUI applies the activation after different Linear layers than A1111: it reads "
+            f"activate_output as {bool(stored_output)}"
+            + (" (missing: A1111 defaults it to true, ComfyUI to false)" if stored_output is None else "")
+            + (" and counts LayerNorm weights as layers" if options.is_layer_norm else "")
+        )
     if not parsed.keys_ordered:
         reasons.append(
             "state-dict keys are not in ascending layer order: ComfyUI rebuilds layers in key order"

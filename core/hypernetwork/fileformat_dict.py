@@ -60,6 +60,9 @@ class ParsedFile:
     keys_ordered: bool = True
     dtypes: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
+    # The metadata keys present in the file, as stored: ComfyUI reads these with its own defaults
+    # (activate_output False) and builds Dropout from the two flags, not from dropout_structure.
+    stored: dict[str, Any] = field(default_factory=dict)
 
 
 def sort_state_keys(keys: list[str]) -> list[str]:
@@ -282,7 +285,8 @@ def parse_a1111_dict(raw: object, *, default_name: str) -> ParsedFile:
         optional_info=info,
     )
     layout: Layout = "legacy" if legacy else ("training" if options.use_dropout else "release")
-    return ParsedFile(hn, layout, defaulted, unknown, keys_ordered, dtypes, notes)
+    stored = {key: raw[key] for key in METADATA_KEYS if key in raw}
+    return ParsedFile(hn, layout, defaulted, unknown, keys_ordered, dtypes, notes, stored)
 
 
 def _unlegacy(width: int, sd: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -29,8 +29,9 @@ from core.models.tokenizer import EOS, OPENCLIP_PAD, clip_tokenizer, write_vocab
 CONFIG_ROOT = Path(__file__).parent / "configs"
 TINY_CONFIGS = {"sd1": "tiny-sd1", "sd2": "tiny-sd2", "sdxl": "tiny-sdxl"}
 # The context widths the tiny UNets' attention layers see: the text width (cross-attention) first,
-# then the block widths (self-attention). Enable these sizes in a hypernetwork for a tiny model.
-TINY_WIDTHS: dict[str, tuple[int, ...]] = {"sd1": (48, 32, 64), "sd2": (48, 32, 64), "sdxl": (80, 32, 64)}
+# then the block widths with self-attention. Enable these sizes in a hypernetwork for a tiny model.
+# Like the real SDXL (no attention at 320), tiny SDXL's first level (32) has no attention.
+TINY_WIDTHS: dict[str, tuple[int, ...]] = {"sd1": (48, 32, 64), "sd2": (48, 32, 64), "sdxl": (80, 64)}
 SINGLE_FILE_NAME = "model.safetensors"
 # ComfyUI's marker key for v-prediction checkpoints (read back by core.models.loading).
 V_PRED_MARKER = "v_pred"

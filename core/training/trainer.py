@@ -8,7 +8,6 @@ comes from generators whose state a checkpoint stores, so a resumed run is bit-i
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -71,7 +70,6 @@ class Trainer:
         self.noise_gen = torch.Generator().manual_seed(t.seed)
         self.text_rng = random.Random(t.seed)
         self.last_saved: int | None = None
-        self._attachment = contextlib.ExitStack()
 
     def run(self) -> EndEvent:
         """Train until the schedule ends or a callback asks to stop; report errors to callbacks."""
@@ -136,12 +134,6 @@ class Trainer:
         caption = self.dataset.captions[0]
         return self.template.lines[0].replace("[filewords]", caption).replace("[name]", self.hn.name)
 
-    def _attach(self) -> None:
-        self._attachment.enter_context(attach(self.unet, [self.hn]))
-
-    def _detach(self) -> None:
-        self._attachment.close()  # restores the stock processors; the stack can be entered again
-
     # -- the loop ------------------------------------------------------------------------------
     def _batches(self) -> Iterator[list[int]]:
         while True:  # one sampler pass per epoch; the sampler's state says where we are
@@ -151,7 +143,7 @@ class Trainer:
         self._prepare()
         control = self.callbacks.control
         batches = self._batches()
-        self._attach()
+        attachment = attach(self.unet, [self.hn])
         try:
             while (lr := self.lr_schedule.value_at(self.step)) is not None:
                 started = time.perf_counter()
@@ -168,13 +160,13 @@ class Trainer:
                     control.save_requested = False
                     self._checkpoint()
                 if self.spec.samples.every and self.step % self.spec.samples.every == 0:
-                    self._detach()  # sampling attaches the network itself, at each strength
+                    attachment.detach()  # sampling attaches the network itself, at each strength
                     self.callbacks.sample(self.previews.grid(self.step))
-                    self._attach()
+                    attachment.reattach()
                 if control.stop_requested:
                     break
         finally:
-            self._detach()
+            attachment.detach()
         stopped = control.stop_requested
         if self.last_saved != self.step:
             self._checkpoint()

@@ -34,5 +34,5 @@ def tiny_sd2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny SDXL-structured model (two text encoders, 32 + 48 = 80 wide; text_time conditioning)."""
+    """A tiny SDXL-structured model: two text encoders (32 + 48 = 80 wide), text_time, attention at 64."""
     return _tiny(tmp_path_factory, "sdxl")

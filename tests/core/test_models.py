@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from diffusers.models.attention_processor import Attention
 from safetensors.torch import load_file, save_file
 
 from core.cli import main as cli_main
@@ -74,7 +75,9 @@ def test_tiny_models_have_the_promised_structure(tiny_sd1: Path, tiny_sd2: Path,
     for model in (sd1, sd2, sdxl):
         widths = TINY_WIDTHS[model.arch]
         assert model.unet.config.cross_attention_dim == widths[0]
-        assert tuple(model.unet.config.block_out_channels) == widths[1:]
+        # Every context width an attention layer's K projection sees (self- and cross-attention).
+        seen = {m.to_k.in_features for m in model.unet.modules() if isinstance(m, Attention)}
+        assert seen == set(widths)
     assert (sd1.prediction_type, sd2.prediction_type, sdxl.prediction_type) == (
         "epsilon",
         "v_prediction",

@@ -273,7 +273,7 @@ def stack(
         session.commit()
     api_log = (tmp / "api.log").open("wb")
     api = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "core.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
         env=env,
         stdout=api_log,
         stderr=subprocess.STDOUT,

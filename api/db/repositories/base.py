@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -13,16 +13,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 MAX_PAGE_SIZE = 100
 
 
-class HasId(Protocol):
-    """Rows paged by their id."""
-
-    @property
-    def id(self) -> str:
-        """The row's primary key."""
-        ...
-
-
-T = TypeVar("T", bound=HasId)
+T = TypeVar("T")
 
 
 class RecordNotFoundError(LookupError):
@@ -31,15 +22,11 @@ class RecordNotFoundError(LookupError):
 
 @dataclass(frozen=True)
 class Page(Generic[T]):
-    """One page of a newest-first listing; ``next_after`` is the cursor of the next page."""
+    """One page of a newest-first listing; ``next_after`` is the id to continue after (None: last page)."""
 
     items: list[T]
     has_more: bool
-
-    @property
-    def next_after(self) -> str | None:
-        """The id to pass as ``after`` for the next page (None on the last page)."""
-        return self.items[-1].id if self.has_more and self.items else None
+    next_after: str | None = None
 
 
 def keyset_page(
@@ -55,7 +42,11 @@ def keyset_page(
     if after is not None:
         stmt = stmt.where(id_column < after)
     rows: Sequence[T] = session.scalars(stmt.order_by(id_column.desc()).limit(limit + 1)).all()
-    return Page(items=list(rows[:limit]), has_more=len(rows) > limit)
+    items = list(rows[:limit])
+    has_more = len(rows) > limit
+    # The id to pass as ``after`` for the next page (None on the last page).
+    next_after = str(getattr(items[-1], id_column.key)) if has_more else None
+    return Page(items=items, has_more=has_more, next_after=next_after)
 
 
 def insert_for(session: Session, table: Any) -> Any:
