@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
 
 from api.db.engine import Database
-from api.errors import install_problem_handlers
+from api.errors import document_problems, install_problem_handlers
 from api.metrics import HttpMetrics, ServiceCollector, broker_for
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from api.routers import ROUTERS
@@ -84,6 +86,20 @@ def create_app(
     install_problem_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+                tags=app.openapi_tags,
+            )
+            app.openapi_schema = document_problems(schema)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     # Added innermost first: the request id is assigned before the body limit can answer 413.
     app.add_middleware(
         BodyLimitMiddleware,

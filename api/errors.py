@@ -173,12 +173,31 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries documenting problem+json bodies for ``statuses``."""
     return {
         status: {
-            "model": ProblemDetails,
             "description": HTTPStatus(status).phrase,
-            "content": {PROBLEM_CONTENT_TYPE: {}},
+            "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}},
         }
         for status in statuses
     }
+
+
+def document_problems(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Make the OpenAPI schema tell the truth about 422s: problem+json, not FastAPI's default body."""
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    if "ProblemDetails" not in schemas:
+        schemas["ProblemDetails"] = ProblemDetails.model_json_schema(ref_template="#/components/schemas/{model}")
+    problem = {
+        "description": "Unprocessable Content",
+        "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}},
+    }
+    for path_item in openapi.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.get("responses", {}) if isinstance(operation, dict) else {}
+            default_422 = responses.get("422", {}).get("content", {}).get("application/json", {})
+            if default_422.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+                responses["422"] = problem
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    return openapi
 
 
 def request_id_of(request: Request) -> str | None:

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttentionProcessor
+from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from core.hypernetwork.module import Hypernetwork, apply_hypernetworks
 
@@ -29,10 +31,28 @@ class HypernetworkAttnProcessor:
     (its ``state_dict``, ``requires_grad_`` and ``.to()`` must not reach them).
     One instance serves every attention layer; ``stack`` is read at each call, so
     changing it (or a network's ``strength``) takes effect without re-attaching.
+
+    Every cross-attention layer of one UNet forward gets the same text states and the
+    same width's modules, hence the same (k_in, v_in): within a forward (between
+    ``begin_forward`` and ``end_forward``) the pair is computed once and reused, which
+    saves 15 of SD1.5's 16 text-width MLP passes. Not under gradient checkpointing,
+    whose recomputation must redo every operation.
     """
 
     def __init__(self, stack: list[Hypernetwork]) -> None:
         self.stack = stack
+        self._reuse = False
+        self._cached: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (text, k_in, v_in)
+
+    def begin_forward(self, reuse_text_context: bool) -> None:
+        """Start a UNet forward: forget the previous pair; reuse within this forward if allowed."""
+        self._cached = None
+        self._reuse = reuse_text_context
+
+    def end_forward(self) -> None:
+        """End a UNet forward: drop the cached pair (it belongs to this forward's graph)."""
+        self._cached = None
+        self._reuse = False
 
     def __call__(
         self,
@@ -70,10 +90,17 @@ class HypernetworkAttnProcessor:
             context = attn.norm_encoder_hidden_states(encoder_hidden_states)
         else:
             context = encoder_hidden_states
-        if self.stack:
-            k_context, v_context = apply_hypernetworks(context, self.stack)
-        else:
+        if not self.stack:
             k_context = v_context = context
+        elif self._reuse and encoder_hidden_states is not None:
+            cached = self._cached
+            if cached is not None and cached[0] is context:
+                k_context, v_context = cached[1], cached[2]
+            else:
+                k_context, v_context = apply_hypernetworks(context, self.stack)
+                self._cached = (context, k_context, v_context)
+        else:
+            k_context, v_context = apply_hypernetworks(context, self.stack)
         key = attn.to_k(k_context)
         value = attn.to_v(v_context)
 
@@ -111,6 +138,7 @@ class Attachment:
         self.stack: list[Hypernetwork] = list(stack)
         self.processor = HypernetworkAttnProcessor(self.stack)
         self._originals: dict[str, AttentionProcessor] = {}
+        self._hooks: list[RemovableHandle] = []
         self._attached = False
         self.reattach()
 
@@ -127,6 +155,10 @@ class Attachment:
         """Put back exactly the processor objects the UNet had before (idempotent)."""
         if self._attached:
             self._target.set_attn_processor(dict(self._originals))  # set_attn_processor pops from the dict
+            for hook in self._hooks:
+                hook.remove()
+            self._hooks.clear()
+            self.processor.end_forward()
             self._attached = False
 
     def reattach(self) -> None:
@@ -134,7 +166,18 @@ class Attachment:
         if not self._attached:
             self._originals = dict(self._target.attn_processors)
             self._target.set_attn_processor(self.processor)
+            # Module hooks (not a replaced forward) bracket each UNet forward for the text-context reuse.
+            self._hooks = [
+                self._target.register_forward_pre_hook(self._begin),
+                self._target.register_forward_hook(self._end, always_call=True),
+            ]
             self._attached = True
+
+    def _begin(self, module: nn.Module, args: Any) -> None:
+        self.processor.begin_forward(reuse_text_context=not self._target.is_gradient_checkpointing)
+
+    def _end(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.processor.end_forward()
 
     def __enter__(self) -> Attachment:
         return self

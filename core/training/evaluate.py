@@ -20,6 +20,11 @@ from core.training import diffusion
 from core.training.latents import encode_latents
 
 
+def _pixels(model: BaseModel, latents: torch.Tensor) -> tuple[int, int]:
+    """(height, width) in pixels of a latent batch [B, C, h, w]."""
+    return latents.shape[2] * model.vae_scale_factor, latents.shape[3] * model.vae_scale_factor
+
+
 @torch.no_grad()
 def heldout_loss(
     model: BaseModel,
@@ -31,8 +36,8 @@ def heldout_loss(
     draws: int = 8,
 ) -> float:
     """Mean denoising loss over ``draws`` fixed (noise, timestep) pairs per sample of ``dataset``."""
-    device = next(model.unet.parameters()).device
-    unet: Any = model.unet
+    unet: Any = model.unet  # an nn.Module; diffusers' classes are opaque to mypy
+    device = next(unet.parameters()).device
     scheduler: Any = model.noise_scheduler
     alphas = scheduler.alphas_cumprod.to(device)
     steps = int(scheduler.config.num_train_timesteps)
@@ -53,7 +58,7 @@ def heldout_loss(
                 target = diffusion.target_for(model.prediction_type, latents, noise, t, alphas)
                 hidden = cond.encoder_hidden_states.expand(draws, -1, -1)
                 pooled = cond.pooled.expand(draws, -1) if cond.pooled is not None else None
-                kwargs = model.unet_kwargs(type(cond)(hidden, pooled), latents.shape[2] * 8, latents.shape[3] * 8)
+                kwargs = model.unet_kwargs(type(cond)(hidden, pooled), *_pixels(model, latents))
                 pred = unet(noisy.to(unet.dtype), t, **kwargs).sample
                 total += float(diffusion.denoising_loss(pred, target)) * draws
                 count += draws

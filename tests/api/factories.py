@@ -9,7 +9,6 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-import httpx
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -47,7 +46,9 @@ def png16(width: int = 72, height: int = 72) -> bytes:
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def bomb_png(width: int = 30_000, height: int = 30_000) -> bytes:
@@ -100,7 +101,10 @@ def set_flags(archive: bytes, name: str, flags: int) -> bytes:
 def zeros_zip(name: str, size: int) -> bytes:
     """An honest zip of one member of ``size`` zero bytes (a classic zip bomb when large)."""
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf, zf.open(name, "w", force_zip64=size > 2**31) as f:
+    with (
+        zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf,
+        zf.open(name, "w", force_zip64=size > 2**31) as f,
+    ):
         chunk = b"\x00" * (1024 * 1024)
         left = size
         while left > 0:
@@ -110,7 +114,7 @@ def zeros_zip(name: str, size: int) -> bytes:
 
 
 def lying_zip(name: str, real_size: int, claimed_size: int) -> bytes:
-    """A zip whose one member inflates to ``real_size`` zero bytes while its headers claim ``claimed_size``."""
+    """A zip whose member inflates to ``real_size`` zero bytes while its headers claim ``claimed_size``."""
     data = bytearray(zeros_zip(name, real_size))
     (cd_offset,) = struct.unpack("<I", data[data.rfind(b"PK\x05\x06") + 16 :][:4])
     assert data[0:4] == b"PK\x03\x04" and data[cd_offset : cd_offset + 4] == b"PK\x01\x02"
@@ -127,7 +131,7 @@ def upload(
     archive_name: str = "dataset.zip",
     files: Sequence[tuple[str, bytes]] = (),
     **fields: Any,
-) -> httpx.Response:
+) -> Any:
     """``POST /v1/datasets`` with an archive or files and form fields."""
     # Text fields as parts too, so the body is multipart even when no file is sent.
     parts: list[tuple[str, Any]] = [(key, (None, str(value))) for key, value in fields.items()]

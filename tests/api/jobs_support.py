@@ -50,7 +50,11 @@ def seed(env: ApiEnv, tenant: Tenant | None = None, *, dataset_status: str = Dat
             )
         )
         model = BaseModelRepository(session).add(
-            name=f"sd15-{uuid.uuid4().hex[:8]}", arch="sd1", format="diffusers", uri="/models/sd15", sha256_short=None
+            name=f"sd15-{uuid.uuid4().hex[:8]}",
+            arch="sd1",
+            format="diffusers",
+            uri="/models/sd15",
+            sha256_short=None,
         )
         session.commit()
         return Seed(tenant=tenant, dataset_id=dataset.id, model_name=model.name, model_id=model.id)
@@ -92,15 +96,27 @@ def worker_start(env: ApiEnv, job_id: str, tenant_id: str) -> int:
         attempt = JobRepository(session).claim(job_id, WORKER, 60)
         assert attempt is not None
         append_event(
-            session, job_id=job_id, tenant_id=tenant_id, type="job.started", data={"status": "running", "attempt": attempt}
+            session,
+            job_id=job_id,
+            tenant_id=tenant_id,
+            type="job.started",
+            data={"status": "running", "attempt": attempt},
         )
         session.commit()
         return attempt
 
 
-def worker_progress(env: ApiEnv, job_id: str, tenant_id: str, attempt: int, step: int, total: int = 200) -> None:
+def worker_progress(
+    env: ApiEnv, job_id: str, tenant_id: str, attempt: int, step: int, total: int = 200
+) -> None:
     """Write progress under the lease and log ``job.progress``."""
-    progress = {"step": step, "total_steps": total, "loss": 0.1, "learn_rate": 5e-6, "samples_per_second": 4.0}
+    progress = {
+        "step": step,
+        "total_steps": total,
+        "loss": 0.1,
+        "learn_rate": 5e-6,
+        "samples_per_second": 4.0,
+    }
     with env.session() as session:
         assert JobRepository(session).update_leased(job_id, attempt, WORKER, progress=progress)
         append_event(session, job_id=job_id, tenant_id=tenant_id, type="job.progress", data=progress)
@@ -108,7 +124,13 @@ def worker_progress(env: ApiEnv, job_id: str, tenant_id: str, attempt: int, step
 
 
 def worker_finish(
-    env: ApiEnv, job_id: str, tenant_id: str, attempt: int, status: str, *, error: tuple[str, str] | None = None
+    env: ApiEnv,
+    job_id: str,
+    tenant_id: str,
+    attempt: int,
+    status: str,
+    *,
+    error: tuple[str, str] | None = None,
 ) -> None:
     """Finalise under the lease and log the terminal event (as one transaction)."""
     code, message = error or (None, None)
@@ -146,7 +168,13 @@ def _headers_of(env: ApiEnv, tenant_id: str) -> dict[str, str]:
 
 
 def add_artifact(
-    env: ApiEnv, job_id: str, tenant_id: str, data: bytes, *, kind: str = "hypernetwork", name: str = "inkwash.pt"
+    env: ApiEnv,
+    job_id: str,
+    tenant_id: str,
+    data: bytes,
+    *,
+    kind: str = "hypernetwork",
+    name: str = "inkwash.pt",
 ) -> str:
     """Store bytes and record the artifact, as the worker's uploader does; return its id."""
     digest = hashlib.sha256(data).hexdigest()

@@ -12,7 +12,12 @@ from api.security import PrincipalCache, generate_api_key, hash_key, looks_like_
 from api.services.tenants import authenticate, revoke_api_key
 from tests.api.conftest import ApiEnv
 
-PROTECTED = [("GET", "/v1/datasets"), ("GET", "/v1/datasets/ds_x"), ("DELETE", "/v1/datasets/ds_x"), ("GET", "/v1/models")]
+PROTECTED = [
+    ("GET", "/v1/datasets"),
+    ("GET", "/v1/datasets/ds_x"),
+    ("DELETE", "/v1/datasets/ds_x"),
+    ("GET", "/v1/models"),
+]
 
 
 @pytest.mark.parametrize(("method", "path"), PROTECTED)
@@ -98,8 +103,13 @@ def test_admin_creates_a_tenant_whose_key_works(any_env: ApiEnv) -> None:
         ({"Authorization": "Bearer wrong"}, 401, "invalid_admin_token"),
     ],
 )
-def test_admin_routes_need_the_admin_token(api_env: ApiEnv, headers: dict[str, str], status: int, code: str) -> None:
-    for path, body in [("/v1/admin/tenants", {"name": "x"}), ("/v1/admin/models", {"name": "m", "uri": "/x"})]:
+def test_admin_routes_need_the_admin_token(
+    api_env: ApiEnv, headers: dict[str, str], status: int, code: str
+) -> None:
+    for path, body in [
+        ("/v1/admin/tenants", {"name": "x"}),
+        ("/v1/admin/models", {"name": "m", "uri": "/x"}),
+    ]:
         r = api_env.client.post(path, json=body, headers=headers)
         assert r.status_code == status and r.json()["code"] == code
 

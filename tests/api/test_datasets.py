@@ -33,7 +33,7 @@ def test_zip_upload_is_validated_stored_and_readable_by_core(any_env: ApiEnv, tm
             ("inkwash/001-cat.png", png(color=(10, 10, 10))),
             ("inkwash/001-cat.txt", b"a cat, ink wash\n"),
             ("inkwash/dog.jpg", jpeg()),
-            ("inkwash/dog.txt", "a dog".encode()),
+            ("inkwash/dog.txt", b"a dog"),
             ("inkwash/readme.md", b"# not an image"),
         ]
     )
@@ -47,7 +47,11 @@ def test_zip_upload_is_validated_stored_and_readable_by_core(any_env: ApiEnv, tm
     report = body["report"]
     assert report["accepted"] == 2
     assert report["rejected"] == [
-        {"file": "inkwash/readme.md", "code": "not_an_image", "detail": "the content is not a recognised image"}
+        {
+            "file": "inkwash/readme.md",
+            "code": "not_an_image",
+            "detail": "the content is not a recognised image",
+        }
     ]
     assert report["sizes"] == {"96x96": 1, "96x80": 1}
     assert body["created_at"].endswith("Z") or body["created_at"].endswith("+00:00")
@@ -62,7 +66,9 @@ def test_zip_upload_is_validated_stored_and_readable_by_core(any_env: ApiEnv, tm
     assert stored.read("inkwash/001-cat.txt") == b"a cat, ink wash"
     # What the worker will do with it: core's own scanner reads the stored archive the same way.
     path = tmp_path / "dataset.zip"
-    path.write_bytes(b"".join(any_env.store.iter_bytes(f"tenants/{tenant.id}/datasets/{body['id']}/dataset.zip")))
+    path.write_bytes(
+        b"".join(any_env.store.iter_bytes(f"tenants/{tenant.id}/datasets/{body['id']}/dataset.zip"))
+    )
     items, core_report = scan_zip(path)
     assert sorted(i.caption for i in items) == ["a cat, ink wash", "a dog"]
     assert core_report.accepted == 2
@@ -156,12 +162,16 @@ def test_list_paginates_newest_first_and_filters(any_env: ApiEnv) -> None:
     tenant = any_env.tenant()
     ids = []
     for i in range(3):
-        r = upload(any_env.client, tenant.headers, files=[("a.png", png())], name=f"d{i}", end_user_id=f"u{i % 2}")
+        r = upload(
+            any_env.client, tenant.headers, files=[("a.png", png())], name=f"d{i}", end_user_id=f"u{i % 2}"
+        )
         ids.append(r.json()["id"])
     page1 = any_env.client.get("/v1/datasets?limit=2", headers=tenant.headers).json()
     assert [d["id"] for d in page1["data"]] == ids[::-1][:2]
     assert page1["has_more"] is True and page1["next_cursor"]
-    page2 = any_env.client.get(f"/v1/datasets?limit=2&after={page1['next_cursor']}", headers=tenant.headers).json()
+    page2 = any_env.client.get(
+        f"/v1/datasets?limit=2&after={page1['next_cursor']}", headers=tenant.headers
+    ).json()
     assert [d["id"] for d in page2["data"]] == [ids[0]]
     assert page2["has_more"] is False and page2["next_cursor"] is None
     filtered = any_env.client.get("/v1/datasets?end_user_id=u1", headers=tenant.headers).json()
@@ -200,7 +210,14 @@ def test_delete_is_refused_while_a_live_job_uses_the_dataset(api_env: ApiEnv, st
         session.add(model)
         session.flush()
         job = JobRepository(session).add(
-            Job(tenant_id=tenant.id, name="j", dataset_id=dataset["id"], base_model_id=model.id, spec={}, status=status)
+            Job(
+                tenant_id=tenant.id,
+                name="j",
+                dataset_id=dataset["id"],
+                base_model_id=model.id,
+                spec={},
+                status=status,
+            )
         )
         session.commit()
         job_id = job.id

@@ -60,7 +60,9 @@ def test_same_key_same_body_replays_the_first_response(api_env: ApiEnv) -> None:
     key = str(uuid.uuid4())
     first = submit(api_env, s, key=key)
     reordered = dict(reversed(list(spec(s).items())))
-    again = api_env.client.post("/v1/jobs", json=reordered, headers={**s.tenant.headers, "Idempotency-Key": key})
+    again = api_env.client.post(
+        "/v1/jobs", json=reordered, headers={**s.tenant.headers, "Idempotency-Key": key}
+    )
     assert again.status_code == 202
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.json() == first.json()
@@ -116,8 +118,15 @@ def test_invalid_spec_stores_no_key(api_env: ApiEnv) -> None:
 def test_unknown_fields_are_422_with_json_pointers(any_env: ApiEnv) -> None:
     """Unknown fields at any depth are listed with RFC 6901 pointers and code ``unknown_field``."""
     s = seed(any_env)
-    body = {**spec(s), "colour": "red", "training": {"steps": 10, "lr": 1}, "samples": {"prompts": [{"x": 1}]}}
-    response = any_env.client.post("/v1/jobs", json=body, headers={**s.tenant.headers, "Idempotency-Key": "k1"})
+    body = {
+        **spec(s),
+        "colour": "red",
+        "training": {"steps": 10, "lr": 1},
+        "samples": {"prompts": [{"x": 1}]},
+    }
+    response = any_env.client.post(
+        "/v1/jobs", json=body, headers={**s.tenant.headers, "Idempotency-Key": "k1"}
+    )
     assert response.status_code == 422
     problem = response.json()
     assert problem["code"] == "invalid_spec"
@@ -163,7 +172,9 @@ def test_invalid_dataset_is_refused(api_env: ApiEnv) -> None:
         (b"name=x", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
     ],
 )
-def test_malformed_bodies_are_4xx(api_env: ApiEnv, content: bytes, content_type: str, status: int, code: str) -> None:
+def test_malformed_bodies_are_4xx(
+    api_env: ApiEnv, content: bytes, content_type: str, status: int, code: str
+) -> None:
     """Broken JSON, NaN, absurd nesting, NUL characters and other media types are client errors."""
     s = seed(api_env)
     headers = {**s.tenant.headers, "Idempotency-Key": "k", "Content-Type": content_type}

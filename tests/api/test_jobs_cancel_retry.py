@@ -32,7 +32,10 @@ EXPECTED: dict[tuple[str, str], str] = {
 
 def _events(env: ApiEnv, job_id: str) -> list[str]:
     with env.session() as session:
-        return [e.type for e in session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq))]
+        return [
+            e.type
+            for e in session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq))
+        ]
 
 
 def _enqueues(env: ApiEnv, job_id: str) -> int:
@@ -108,7 +111,9 @@ def test_retry_gives_a_fresh_attempt_budget(api_env: ApiEnv) -> None:
         assert attempt is not None
         if attempt < api_env.settings.job_max_attempts:
             with api_env.session() as session:  # lease lost: the reconciler puts it back in the queue
-                JobRepository(session).compare_and_set(job_id, expect_status=["running"], values={"status": "queued"})
+                JobRepository(session).compare_and_set(
+                    job_id, expect_status=["running"], values={"status": "queued"}
+                )
                 session.commit()
     worker_finish(api_env, job_id, s.tenant.id, attempt, "failed", error=("training_failed", "NaN"))
     failed = api_env.client.get(f"/v1/jobs/{job_id}", headers=s.tenant.headers).json()

@@ -45,7 +45,9 @@ def committing_env(pg_url: str, s3_store: S3ObjectStore) -> Iterator[ApiEnv]:
             tenant_ids = [t.id for t in (env.tenants if env else [])]
             job_ids = list(session.scalars(select(Job.id).where(Job.tenant_id.in_(tenant_ids))))
             for job_id in job_ids:
-                session.execute(delete(OutboxMessage).where(OutboxMessage.payload["job_id"].as_string() == job_id))
+                session.execute(
+                    delete(OutboxMessage).where(OutboxMessage.payload["job_id"].as_string() == job_id)
+                )
             models = list(session.scalars(select(Job.base_model_id).where(Job.id.in_(job_ids))))
             session.execute(delete(Tenant).where(Tenant.id.in_(tenant_ids)))
             session.execute(delete(BaseModelRecord).where(BaseModelRecord.id.in_(models)))
@@ -77,6 +79,8 @@ def test_concurrent_requests_with_one_key_make_one_job(committing_env: ApiEnv) -
         assert session.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == tenant.id)) == 1
         job_id = responses[0].json()["id"]
         outbox = session.scalar(
-            select(func.count()).select_from(OutboxMessage).where(OutboxMessage.payload["job_id"].as_string() == job_id)
+            select(func.count())
+            .select_from(OutboxMessage)
+            .where(OutboxMessage.payload["job_id"].as_string() == job_id)
         )
         assert outbox == 1

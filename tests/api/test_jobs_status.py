@@ -24,7 +24,9 @@ ALLOWED = {
 }
 
 
-@pytest.mark.parametrize(("current", "target"), list(itertools.product([s.value for s in JobStatus], repeat=2)))
+@pytest.mark.parametrize(
+    ("current", "target"), list(itertools.product([s.value for s in JobStatus], repeat=2))
+)
 def test_every_pair_of_statuses(current: str, target: str) -> None:
     """Each of the 36 pairs is allowed exactly when the contract lists it."""
     assert can_transition(current, target) == ((current, target) in ALLOWED)

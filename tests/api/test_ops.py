@@ -53,7 +53,10 @@ def test_metrics_count_requests_and_read_jobs(any_env: ApiEnv) -> None:
     assert r.headers["content-type"].startswith("text/plain")
     text = r.text
     assert 'hyperforge_http_requests_total{method="POST",route="/v1/datasets",status="201"} 1.0' in text
-    assert 'hyperforge_http_requests_total{method="GET",route="/v1/datasets/{dataset_id}",status="404"} 1.0' in text
+    assert (
+        'hyperforge_http_requests_total{method="GET",route="/v1/datasets/{dataset_id}",status="404"} 1.0'
+        in text
+    )
     assert 'hyperforge_jobs{status="queued"} 0.0' in text
     assert "hyperforge_outbox_pending 0.0" in text
     assert "hyperforge_job_duration_seconds_count 0.0" in text

@@ -26,7 +26,13 @@ from tests.api.conftest import ApiEnv
 
 def _job(session: Session, *, max_attempts: int = 3, status: str = "queued") -> Job:
     tenant = Tenant(name="t")
-    model = BaseModelRecord(name=f"m-{id(session)}-{utcnow().timestamp()}", arch="sd1", format="diffusers", uri="/m", sha256_short=None)
+    model = BaseModelRecord(
+        name=f"m-{id(session)}-{utcnow().timestamp()}",
+        arch="sd1",
+        format="diffusers",
+        uri="/m",
+        sha256_short=None,
+    )
     session.add_all([tenant, model])
     session.flush()
     dataset = Dataset(tenant_id=tenant.id, name="d", status="ready", storage_prefix="p/", report={})
@@ -61,12 +67,16 @@ def test_claim_renew_and_finish_are_fenced(any_env: ApiEnv) -> None:
         assert jobs.update_leased(job.id, 1, "w1", progress={"step": 99}) is False
         assert jobs.update_leased(job.id, 2, "w2", progress={"step": 5}, resumed_from_step=4) is True
         assert jobs.finish(job.id, 1, "w1", "succeeded") is False
-        assert jobs.finish(job.id, 2, "w2", "failed", error_code="training_failed", error_message="nan") is True
+        assert (
+            jobs.finish(job.id, 2, "w2", "failed", error_code="training_failed", error_message="nan") is True
+        )
         session.commit()
         row = jobs.get(job.id)
         assert row is not None
         assert (row.status, row.attempt, row.lease_owner, row.progress) == ("failed", 2, None, {"step": 5})
-        assert row.error_code == "training_failed" and row.finished_at is not None and row.started_at is not None
+        assert (
+            row.error_code == "training_failed" and row.finished_at is not None and row.started_at is not None
+        )
         assert row.resumed_from_step == 4
 
 
@@ -161,7 +171,13 @@ def test_idempotency_key_is_stored_once(any_env: ApiEnv) -> None:
     with any_env.session() as session:
         job = _job(session)
         keys = IdempotencyRepository(session)
-        args = {"tenant_id": job.tenant_id, "key": "k1", "request_hash": "h", "job_id": job.id, "response": {"a": 1}}
+        args = {
+            "tenant_id": job.tenant_id,
+            "key": "k1",
+            "request_hash": "h",
+            "job_id": job.id,
+            "response": {"a": 1},
+        }
         assert keys.insert_if_absent(**args) is True
         assert keys.insert_if_absent(**{**args, "request_hash": "other"}) is False
         stored = keys.get(job.tenant_id, "k1")
@@ -195,7 +211,9 @@ def test_webhook_deliveries_fan_out_once_and_record_attempts(any_env: ApiEnv) ->
     with any_env.session() as session:
         job = _job(session)
         hooks = WebhookRepository(session)
-        all_types = hooks.add_endpoint(tenant_id=job.tenant_id, url="https://a.example", event_types=[], secret="s")
+        all_types = hooks.add_endpoint(
+            tenant_id=job.tenant_id, url="https://a.example", event_types=[], secret="s"
+        )
         only_done = hooks.add_endpoint(
             tenant_id=job.tenant_id, url="https://b.example", event_types=["job.succeeded"], secret="s"
         )

@@ -35,7 +35,7 @@ def test_secret_is_whsec_with_32_random_bytes() -> None:
 def test_headers_match_an_independent_implementation() -> None:
     """The three headers carry the id, the timestamp and a v1 HMAC over ``id.timestamp.body``."""
     secret = generate_secret()
-    body = '{"type":"job.succeeded","job_id":"job_x","seq":9}'.encode()
+    body = b'{"type":"job.succeeded","job_id":"job_x","seq":9}'
     headers = signature_headers(secret, "whd_01", 1_700_000_000, body)
     assert headers["webhook-id"] == "whd_01"
     assert headers["webhook-timestamp"] == "1700000000"

@@ -42,7 +42,8 @@ def test_internal_targets_are_refused(url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["ftp://example.com/x", "http:///nohost", "https://user:pw@example.com/", "http://example.com:99999/"]
+    "url",
+    ["ftp://example.com/x", "http:///nohost", "https://user:pw@example.com/", "http://example.com:99999/"],
 )
 def test_malformed_urls_are_refused(url: str) -> None:
     """Only http(s) URLs with a host, a valid port and no credentials are accepted."""
@@ -52,7 +53,9 @@ def test_malformed_urls_are_refused(url: str) -> None:
 
 def test_public_address_passes_and_is_pinned() -> None:
     """A public answer passes; the request is dialled at that address with the original Host."""
-    checked = check_webhook_url("https://hooks.example.com:8443/in?x=1", allow_private=False, resolver=_public)
+    checked = check_webhook_url(
+        "https://hooks.example.com:8443/in?x=1", allow_private=False, resolver=_public
+    )
     assert checked.addresses == ("93.184.215.14",)
     assert str(checked.pinned_request_url()) == "https://93.184.215.14:8443/in?x=1"
     assert checked.host_header() == "hooks.example.com:8443"
@@ -61,7 +64,9 @@ def test_public_address_passes_and_is_pinned() -> None:
 def test_one_private_answer_among_public_ones_is_refused() -> None:
     """Every resolved address must pass: a mixed answer could steer the client to the private one."""
     with pytest.raises(UnsafeWebhookURLError):
-        check_webhook_url("http://mixed.example/", allow_private=False, resolver=lambda h, p: ["8.8.8.8", "10.0.0.7"])
+        check_webhook_url(
+            "http://mixed.example/", allow_private=False, resolver=lambda h, p: ["8.8.8.8", "10.0.0.7"]
+        )
 
 
 def test_rebinding_between_create_and_delivery_is_caught_by_the_recheck() -> None:

@@ -96,8 +96,8 @@ class _A1111RestrictedUnpickler(pickle.Unpickler):
         return getattr(importlib.import_module(module), name)
 
 
-def a1111_check_pt(path: str | os.PathLike[str]) -> None:
-    """Raise A1111Refused where A1111's check_pt would raise (zip names, one data.pkl, globals)."""
+def _a1111_check(path: str | os.PathLike[str]) -> None:
+    """check_pt: zip entry names, exactly one data.pkl, then the restricted unpickling."""
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
@@ -115,9 +115,15 @@ def a1111_check_pt(path: str | os.PathLike[str]) -> None:
             unpickler = _A1111RestrictedUnpickler(f)
             for _ in range(5):
                 unpickler.load()
+
+
+def a1111_check_pt(path: str | os.PathLike[str]) -> None:
+    """Raise A1111Refused where load_with_extra refuses: anything check_pt raises."""
+    try:
+        _a1111_check(path)
     except A1111Refused:
         raise
-    except Exception as exc:  # anything check_pt raises makes load_with_extra refuse the file
+    except Exception as exc:
         raise A1111Refused(f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -726,7 +732,7 @@ def _actually_same(path: Path) -> bool:
 
 def _edited(tmp_path: Path, kwargs: dict[str, Any], changes: dict[str, Any], drop: tuple[str, ...]) -> Path:
     hn = make(**kwargs)
-    save_pt(hn, tmp_path / "src.pt", release=True)
+    save_pt(hn, tmp_path / "src.pt")  # training layout: the same as release unless kwargs ask for dropout
     raw = torch.load(tmp_path / "src.pt", weights_only=True)
     for key in drop:
         del raw[key]
@@ -745,7 +751,7 @@ def _edited(tmp_path: Path, kwargs: dict[str, Any], changes: dict[str, Any], dro
         ({"is_layer_norm": True}, {"use_dropout": True}, (), False),
         ({}, {"use_dropout": True}, (), True),  # [1,2,1]: ComfyUI's rule places none
         # A structure with dropout but use_dropout false: ComfyUI builds none, A1111's is off in eval.
-        ({}, {"dropout_structure": [0, 0.3, 0], "last_layer_dropout": True}, (), True),
+        ({"use_dropout": True, "last_layer_dropout": True}, {"use_dropout": False}, (), True),
         # activation_func None: A1111 reads linear, ComfyUI refuses the file.
         ({}, {"activation_func": None}, (), False),
         # Both programs look names up exactly.
@@ -779,5 +785,7 @@ def test_comfyui_layer_kinds_is_comfyuis_rule(tmp_path, kwargs, release):
     patch = comfy_load(tmp_path / "net.pt", 1.0)
     assert patch is not None
     names = {nn.Linear: "linear", nn.LayerNorm: "layer_norm", nn.Dropout: "dropout"}
-    built = [names.get(type(m), "activation") for m in patch.hypernet[8][0]]
+    k_module = patch.hypernet[8][0]
+    assert isinstance(k_module, nn.Sequential)
+    built = [names.get(type(m), "activation") for m in k_module]
     assert comfyui_layer_kinds(read_pt(tmp_path / "net.pt")) == built

@@ -74,6 +74,8 @@ def test_allowed_sets_are_what_both_programs_accept():
         ((1, 2, 2, 1), False, True, (0, 0, 0, 0)),
         ((1, 2, 4, 2, 1), True, False, (0, 0.3, 0.3, 0, 0)),
         ((1, 2, 4, 2, 1), True, True, (0, 0.3, 0.3, 0.3, 0)),
+        # A1111's parse_dropout_structure gives [0, 0.3, 0] here (three entries, a Dropout on the
+        # output, identity in eval); we keep one entry per multiplier and never drop the output.
         ((1, 1), True, True, (0, 0)),
     ],
 )

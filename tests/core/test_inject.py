@@ -171,3 +171,43 @@ def test_processor_feeds_k_and_v_their_own_modules(models: dict[str, BaseModel])
         .reshape(2, 64, -1)
     )
     assert not torch.allclose(got, swapped)
+
+
+def test_text_context_reuse_never_goes_stale(models: dict[str, BaseModel]) -> None:
+    """The text-width pair is reused only within one forward: an in-place weight update shows next time."""
+    model = models["sd1"]
+    network = _network(TINY_WIDTHS["sd1"])
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 4, 8, 8, generator=generator)
+    cond = model.encode_prompts(["a cat"])
+    kwargs = model.unet_kwargs(cond, 64, 64)  # the same text tensor object every call
+    with attach(model.unet, [network]):
+        before = model.unet(latents, torch.tensor([10]), **kwargs).sample
+        with torch.no_grad():  # an optimizer step between forwards, in place
+            for param in network.parameters():
+                param.add_(0.01)
+        after = model.unet(latents, torch.tensor([10]), **kwargs).sample
+    fresh_network = _network(TINY_WIDTHS["sd1"])
+    with torch.no_grad():
+        for param in fresh_network.parameters():
+            param.add_(0.01)
+    with attach(model.unet, [fresh_network]):
+        expected = model.unet(latents, torch.tensor([10]), **kwargs).sample
+    assert not torch.equal(before, after) and torch.equal(after, expected)
+
+
+def test_gradients_equal_with_gradient_checkpointing(tiny_sd1: Path) -> None:
+    """Checkpointing recomputes every layer (no reuse); the gradients must be those of a plain forward."""
+    model = load_base_model(tiny_sd1)  # its own copy: checkpointing is switched on below
+    grads = []
+    for checkpointing in (False, True):
+        network = _network(TINY_WIDTHS["sd1"]).train()
+        if checkpointing:
+            model.unet.enable_gradient_checkpointing()
+            model.unet.train()
+        with attach(model.unet, [network]):
+            _forward(model).square().mean().backward()
+        grads.append([p.grad for p in network.parameters()])
+    for plain, checkpointed in zip(*grads, strict=True):
+        assert plain is not None and checkpointed is not None
+        torch.testing.assert_close(plain, checkpointed)

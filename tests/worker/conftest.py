@@ -58,7 +58,9 @@ def wait_for(predicate: Callable[[], T | None], *, timeout: float, what: str, in
         if value:
             return value
         time.sleep(interval)  # poll interval of a bounded wait, not synchronisation by sleeping
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f" ({last_error})" if last_error else ""))
+    raise AssertionError(
+        f"timed out after {timeout:.0f} s waiting for {what}" + (f" ({last_error})" if last_error else "")
+    )
 
 
 def free_port() -> int:
@@ -103,13 +105,15 @@ class Stack:
         """An API client with the test tenant's key."""
         return Client(self.api_url, self.api_key)
 
-    def start_worker(self, extra_env: dict[str, str] | None = None, name: str | None = None) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> subprocess.Popen[bytes]:
         """Start ``hyperforge worker`` (its own process group) and wait until it consumes."""
         env = {**self.env, **(extra_env or {})}
         log = (self.tmp / f"worker-{len(self.workers)}.log").open("wb")
-        node = name or f"test-{uuid.uuid4().hex[:6]}@%h"
+        node = f"test-{uuid.uuid4().hex[:6]}@%h"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "worker", "--hostname", node, "--loglevel", "INFO"],
+            [sys.executable, "-m", "core.cli", "worker", "--hostname", node, "--loglevel", "INFO", *args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -139,7 +143,7 @@ class Stack:
         """Stop every worker this stack started."""
         for proc in self.workers:
             if proc.poll() is None:
-                self.kill_worker(proc, signal.SIGTERM if False else signal.SIGKILL)
+                self.kill_worker(proc)
         self.workers.clear()
 
     # -- database views ------------------------------------------------------------------------
@@ -186,7 +190,11 @@ class Stack:
     def wait_event(self, job_id: str, type_: str, timeout: float = 120, count: int = 1) -> list[JobEvent]:
         """Wait until the job has ``count`` events of ``type_``."""
         return wait_for(
-            lambda: (found := [e for e in self.events(job_id) if e.type == type_]) and len(found) >= count and found,
+            lambda: (
+                (found := [e for e in self.events(job_id) if e.type == type_])
+                and len(found) >= count
+                and found
+            ),
             timeout=timeout,
             what=f"{count} {type_} event(s) of {job_id}",
         )
@@ -198,11 +206,20 @@ class Stack:
             "dataset_id": self.dataset_id,
             "base_model": self.model_id,
             "hypernetwork": {"layer_structure": [1, 2, 1], "enable_sizes": TINY_WIDTHS},
-            "training": {"learn_rate": "1e-4", "steps": steps, "width": 64, "height": 64, "seed": 7, **training},
+            "training": {
+                "learn_rate": "1e-4",
+                "steps": steps,
+                "width": 64,
+                "height": 64,
+                "seed": 7,
+                **training,
+            },
             "checkpoints": {"save_every": save_every, "save_optimizer_state": True},
             "samples": {
                 "every": 0,
-                "prompts": [{"prompt": "a red circle, hatchwork style", "steps": 2, "width": 64, "height": 64}],
+                "prompts": [
+                    {"prompt": "a red circle, hatchwork style", "steps": 2, "width": 64, "height": 64}
+                ],
                 "strengths": [0.0, 1.0],
             },
         }

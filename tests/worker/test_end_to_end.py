@@ -22,7 +22,9 @@ from worker.maintenance import publish_run
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 
-def test_submit_stream_succeed_download_and_load(stack: Stack, worker: subprocess.Popen[bytes], tmp_path: Path) -> None:
+def test_submit_stream_succeed_download_and_load(
+    stack: Stack, worker: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
     """A job streams queued -> started -> progress -> checkpoint -> succeeded; its .pt loads in core."""
     spec = stack.spec(steps=12, save_every=6)
     with stack.client() as client:
@@ -48,7 +50,9 @@ def test_submit_stream_succeed_download_and_load(stack: Stack, worker: subproces
     assert hn.step == 12 and hn.name == "inkwash"
 
 
-def test_a_failing_job_reports_a_stable_error_code(stack: Stack, worker: subprocess.Popen[bytes], tmp_path: Path) -> None:
+def test_a_failing_job_reports_a_stable_error_code(
+    stack: Stack, worker: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
     """A base model whose files went missing fails the job with ``model_load_failed``, not a crash."""
     with stack.db.session() as session:
         source = BaseModelRepository(session).get(stack.model_id)

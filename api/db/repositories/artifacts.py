@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.db.models import Artifact
-from api.db.repositories.base import insert_for, rowcount
+from api.db.repositories.base import insert_for
 from api.db.types import utcnow
 from api.ids import Prefix, new_id
 
@@ -47,8 +47,10 @@ class ArtifactRepository:
                 created_at=utcnow(),
             )
             .on_conflict_do_nothing(index_elements=["job_id", "kind", "sha256"])
+            .returning(Artifact.__table__.c.id)
         )
-        created = rowcount(self.session.execute(stmt)) == 1
+        # RETURNING tells whether this statement inserted (rowcount is not reliable for INSERTs).
+        created = self.session.execute(stmt).first() is not None
         artifact = self.get_by_content(job_id, kind, sha256)
         assert artifact is not None  # inserted now or by the earlier upload the conflict found
         return artifact, created

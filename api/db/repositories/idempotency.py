@@ -46,7 +46,7 @@ class IdempotencyRepository:
             )
             .on_conflict_do_nothing(index_elements=["tenant_id", "key"])
         )
-        # [worker engineer] SQLAlchemy 2.1 reports rowcount -1 for an INSERT unless asked to keep it.
+        # SQLAlchemy 2.1 reports rowcount -1 for an INSERT unless asked to keep it.
         return rowcount(self.session.execute(stmt.execution_options(preserve_rowcount=True))) == 1
 
     def purge_before(self, before: datetime) -> int:

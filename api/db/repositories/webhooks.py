@@ -97,8 +97,10 @@ class WebhookRepository:
             insert_for(self.session, WebhookDelivery.__table__)
             .values(rows)
             .on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"])
+            .returning(WebhookDelivery.__table__.c.id)
         )
-        return rowcount(self.session.execute(stmt))
+        # RETURNING lists what this statement inserted (rowcount is not reliable for INSERTs).
+        return len(self.session.execute(stmt).all())
 
     def due_deliveries(self, *, now: datetime | None = None, limit: int = 50) -> list[WebhookDelivery]:
         """Pending deliveries whose next attempt is due; locked with SKIP LOCKED on Postgres."""
