@@ -184,7 +184,9 @@ def document_problems(openapi: dict[str, Any]) -> dict[str, Any]:
     """Make the OpenAPI schema tell the truth about 422s: problem+json, not FastAPI's default body."""
     schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
     if "ProblemDetails" not in schemas:
-        schemas["ProblemDetails"] = ProblemDetails.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas["ProblemDetails"] = ProblemDetails.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        )
     problem = {
         "description": "Unprocessable Content",
         "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}},
@@ -322,6 +324,9 @@ async def _handle_validation(request: Request, exc: Exception) -> Response:
 
 async def _handle_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, Problem):
+        # FastAPI wraps errors raised while reading a JSON body (e.g. our streamed body limit) in a 400.
+        return await _handle_problem(request, exc.__cause__)
     codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "payload_too_large"}
     code = codes.get(exc.status_code, HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_"))
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase

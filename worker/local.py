@@ -58,7 +58,7 @@ def ensure_demo_model(db: Database, data_dir: Path) -> str:
 
         make_tiny_model(folder, arch="sd1")
     with db.session() as session:
-        return register_model(session, name=DEMO_MODEL, uri=str(folder)).id
+        return register_model(session, name=DEMO_MODEL, uri=str(folder), arch="sd1").id
 
 
 def ensure_dev_key(db: Database, settings: Settings, data_dir: Path) -> str:

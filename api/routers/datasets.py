@@ -96,7 +96,7 @@ def list_datasets(
     after: Annotated[
         str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
     ] = None,
-    end_user_id: Annotated[str | None, Query(max_length=200)] = None,
+    end_user_id: Annotated[str | None, Query(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")] = None,
     status: Annotated[Literal["ready", "invalid"] | None, Query()] = None,
 ) -> DatasetList:
     """The tenant's datasets, newest first, with cursor pagination."""

@@ -6,9 +6,11 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
-from api.deps import SessionDep, SettingsDep, TenantDep
+from api.db.engine import Database
+from api.deps import DatabaseDep, SessionDep, SettingsDep, TenantDep
 from api.errors import BadRequestProblem, NotFoundProblem, UnsupportedMediaTypeProblem, ValidationProblem
 from api.errors import problem_responses as problems
 from api.ids import Prefix, is_valid_id
@@ -78,7 +80,7 @@ async def json_body(request: Request) -> Any:
     return body
 
 
-def idempotency_key(request: Request) -> str:
+async def idempotency_key(request: Request) -> str:
     """The ``Idempotency-Key`` header; 400 ``idempotency_key_required`` when missing or malformed."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None or not key.strip():
@@ -94,7 +96,7 @@ def idempotency_key(request: Request) -> str:
     return key
 
 
-def job_id_path(job_id: Annotated[str, Path(description="The job's id (`job_...`).")]) -> str:
+async def job_id_path(job_id: Annotated[str, Path(description="The job's id (`job_...`).")]) -> str:
     """A job id from the path; a string that cannot be a job id is a plain 404."""
     if not is_valid_id(job_id, Prefix.JOB):
         raise NotFoundProblem(f"no job {job_id}")
@@ -159,10 +161,17 @@ def list_jobs(
     )
 
 
-@router.get("/{job_id}", summary="Get a job", responses=problems(404))
-def get_job(job_id: JobId, session: SessionDep, tenant: TenantDep) -> Job:
+def _job_json(database: Database, tenant_id: str, job_id: str) -> bytes:
+    with database.session() as session:
+        return service.get_job(session, tenant_id, job_id).model_dump_json().encode()
+
+
+@router.get("/{job_id}", summary="Get a job", response_model=Job, responses=problems(404))
+async def get_job(job_id: JobId, tenant: TenantDep, database: DatabaseDep) -> Response:
     """One job with its progress."""
-    return service.get_job(session, tenant.tenant_id, job_id)
+    # The route clients poll: one worker-thread hop for session and read, serialised once.
+    body = await run_in_threadpool(_job_json, database, tenant.tenant_id, job_id)
+    return Response(body, media_type="application/json")
 
 
 @router.post("/{job_id}/cancel", summary="Cancel a job", responses=problems(404, 409, 422))

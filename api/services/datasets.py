@@ -112,13 +112,15 @@ def parse_upload(fields: dict[str, str], files: list[tuple[str, UploadedFile]]) 
         posixpath.splitext(archive.filename.replace("\\", "/").rsplit("/", 1)[-1])[0] if archive else ""
     )
     name = (fields.get("name") or default_name or "dataset").strip()
-    if len(name) > 200 or any(ord(c) < 32 for c in name):
+    if len(name) > 200 or _has_control(name):
         raise ValidationProblem(
             "a name is at most 200 printable characters", code="invalid_name", pointer="/name"
         )
     end_user_id = (fields.get("end_user_id") or "").strip() or None
-    if end_user_id is not None and len(end_user_id) > 200:
-        raise ValidationProblem("at most 200 characters", code="out_of_range", pointer="/end_user_id")
+    if end_user_id is not None and (len(end_user_id) > 200 or _has_control(end_user_id)):
+        raise ValidationProblem(
+            "at most 200 printable characters", code="invalid_end_user_id", pointer="/end_user_id"
+        )
     return DatasetUpload(
         name=name or "dataset",
         caption_source=caption_source,
@@ -154,10 +156,10 @@ class _Scan:
         try:
             name = "/".join(judge_name(display, max_depth=max_depth))
         except JunkMemberError:
-            self.builder.ignore(display[:300], "system or hidden file")
+            self.builder.ignore(_label(display), "system or hidden file")
             return
         except MemberRejectedError as exc:
-            self.builder.reject(display[:300], exc.code, exc.detail)
+            self.builder.reject(_label(display), exc.code, exc.detail)
             return
         if name in self.seen:
             self.builder.reject(name, "duplicate_name", "another file has the same name")
@@ -168,6 +170,19 @@ class _Scan:
             self.captions[_stem(name)] = member
         else:
             self.images.append(member)
+
+
+def _label(name: str) -> str:
+    """A client-sent name made safe to show and store: control characters escaped, length capped.
+
+    (Postgres cannot store NUL in text or JSONB, and a report should not carry terminal escapes.)
+    """
+    escaped = "".join(f"\\x{ord(c):02x}" if ord(c) < 32 or ord(c) == 127 else c for c in name)
+    return escaped[:300]
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
 
 
 def _stem(name: str) -> str:

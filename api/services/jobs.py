@@ -176,7 +176,9 @@ def create_job(
         session.rollback()
         winner = keys.get(tenant_id, idempotency_key)
         if winner is None:  # the other request rolled back after all; the client may simply retry
-            raise ConflictProblem("a concurrent request with this Idempotency-Key failed; retry", code="job_busy")
+            raise ConflictProblem(
+                "a concurrent request with this Idempotency-Key failed; retry", code="job_busy"
+            )
         return _replay(winner.request_hash, winner.response, body_hash)
     session.commit()
     return CreatedJob(body=response, replayed=False)

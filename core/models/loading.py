@@ -24,10 +24,10 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from core.errors import ModelLoadError
+from core.errors import InvalidOptionError, ModelLoadError
 from core.models.hashing import short_hash
-from core.models.single_file import UNET_PREFIX, detect_arch, from_original
-from core.models.tokenizer import EOS, OPENCLIP_PAD, clip_tokenizer, load_tokenizer
+from core.models.single_file import UNET_PREFIX, V_PRED_MARKER, detect_arch, from_original
+from core.models.tokenizer import tokenizers_for
 
 Arch = Literal["sd1", "sd2", "sdxl"]
 PredictionType = Literal["epsilon", "v_prediction"]
@@ -40,8 +40,6 @@ CONFIG_CANDIDATES: dict[str, tuple[str, ...]] = {
     "sdxl": ("sdxl", "tiny-sdxl"),
 }
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-# ComfyUI's marker key for v-prediction checkpoints.
-V_PRED_MARKER = "v_pred"
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,9 +136,12 @@ def load_base_model(
     """Load a diffusers folder or an original-layout single file (.safetensors, .ckpt) offline."""
     path = Path(path)
     if arch is not None and arch not in ARCHES:
-        raise ModelLoadError(f"unknown arch {arch!r}; expected one of {ARCHES}", option="arch")
+        raise InvalidOptionError(f"unknown arch {arch!r}; expected one of {ARCHES}", option="arch")
     if prediction_type not in (None, "epsilon", "v_prediction"):
-        raise ModelLoadError(f"unknown prediction type {prediction_type!r}", option="prediction_type")
+        raise InvalidOptionError(
+            f"unknown prediction type {prediction_type!r}; expected epsilon or v_prediction",
+            option="prediction_type",
+        )
     if not path.exists():
         raise ModelLoadError(f"base model not found: {path}")
     if path.is_dir():
@@ -197,22 +198,6 @@ def detect_folder_arch(folder: Path) -> str:
     return "sd2" if text_config.get("hidden_act") == "gelu" else "sd1"
 
 
-def _tokenizers(arch: str, folder: Path | None = None) -> tuple[CLIPTokenizer, CLIPTokenizer | None]:
-    """The folder's saved tokenizers, else CLIP's built from the BPE file with the arch's padding."""
-    # SD1 pads with the end token; OpenCLIP (SD2, SDXL's second encoder) pads with "!" (id 0).
-    pads = {"sd1": (EOS, None), "sd2": (OPENCLIP_PAD, None), "sdxl": (EOS, OPENCLIP_PAD)}[arch]
-    found: list[CLIPTokenizer | None] = []
-    for sub, pad in zip(("tokenizer", "tokenizer_2"), pads, strict=True):
-        if pad is None:
-            found.append(None)
-        elif folder is not None and (folder / sub).is_dir():
-            found.append(load_tokenizer(folder / sub))
-        else:
-            found.append(clip_tokenizer(pad_token=pad))
-    assert found[0] is not None
-    return found[0], found[1]
-
-
 def _load_folder(folder: Path, arch: str | None, dtype: torch.dtype) -> _Loaded:
     if not (folder / "model_index.json").is_file():
         raise ModelLoadError(f"{folder} is not a diffusers folder (no model_index.json)")
@@ -238,7 +223,7 @@ def _load_folder(folder: Path, arch: str | None, dtype: torch.dtype) -> _Loaded:
     prediction = str(scheduler_config.get("prediction_type", "epsilon"))
     if prediction not in ("epsilon", "v_prediction"):
         raise ModelLoadError(f"{folder}: unsupported prediction type {prediction!r} in the scheduler config")
-    return modules, _tokenizers(found, folder), scheduler_config, found, prediction
+    return modules, tokenizers_for(found, folder), scheduler_config, found, prediction
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -327,14 +312,12 @@ def _load_single_file(path: Path, arch: str | None, config_dir: Path | None, dty
         raise ModelLoadError(
             f"{path.name}: the weights do not fit the {found} configuration: " + "; ".join(first_problems[:4])
         )
-    modules: dict[str, nn.Module | None] = {
-        c: _materialise(metas[c], {k: v.to(dtype) for k, v in parts[c].items()}) for c in components
-    }
+    prediction = detect_prediction_type(checkpoint, found)
+    checkpoint.clear()  # parts hold what is used; let the rest (EMA copies, ...) go now
+    modules: dict[str, nn.Module | None] = {}
+    for c in components:
+        # Cast tensor by tensor, dropping each source as we go, so a cast never doubles the model.
+        state = parts.pop(c)
+        modules[c] = _materialise(metas[c], {k: state.pop(k).to(dtype) for k in list(state)})
     scheduler_config = _read_json(candidate / "scheduler" / "scheduler_config.json")
-    return (
-        modules,
-        _tokenizers(found),
-        scheduler_config,
-        found,
-        detect_prediction_type(checkpoint, found),
-    )
+    return modules, tokenizers_for(found), scheduler_config, found, prediction

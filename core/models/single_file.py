@@ -21,6 +21,8 @@ from core.errors import ModelLoadError
 StateDict = dict[str, torch.Tensor]
 Shapes = Mapping[str, torch.Size]
 
+# ComfyUI's marker key for v-prediction checkpoints (an empty tensor; we write and read it).
+V_PRED_MARKER = "v_pred"
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 # (component, layout, prefix) of each text encoder, per arch.
@@ -278,7 +280,7 @@ def from_original(
     for component, layout, prefix in TEXT_ENCODERS[arch]:
         sub = {k[len(prefix) :]: v for k, v in checkpoint.items() if k.startswith(prefix)}
         used.update(prefix + k for k in sub)
-        sd = dict(sub) if layout == "clip" else openclip_to_hf(sub)
+        sd = canonical_clip(sub) if layout == "clip" else openclip_to_hf(sub)
         if arch == "sd2":
             # SD2 conditions on the penultimate layer: diffusers keeps one block fewer and no projection.
             tail = _sd2_tail_keys(targets[component])

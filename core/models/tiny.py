@@ -23,18 +23,16 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from core.errors import InvalidOptionError
-from core.models.single_file import to_original
-from core.models.tokenizer import EOS, OPENCLIP_PAD, clip_tokenizer, write_vocab_files
+from core.models.loading import CONFIG_ROOT
+from core.models.single_file import V_PRED_MARKER, to_original
+from core.models.tokenizer import tokenizers_for, write_vocab_files
 
-CONFIG_ROOT = Path(__file__).parent / "configs"
 TINY_CONFIGS = {"sd1": "tiny-sd1", "sd2": "tiny-sd2", "sdxl": "tiny-sdxl"}
 # The context widths the tiny UNets' attention layers see: the text width (cross-attention) first,
 # then the block widths with self-attention. Enable these sizes in a hypernetwork for a tiny model.
 # Like the real SDXL (no attention at 320), tiny SDXL's first level (32) has no attention.
 TINY_WIDTHS: dict[str, tuple[int, ...]] = {"sd1": (48, 32, 64), "sd2": (48, 32, 64), "sdxl": (80, 64)}
 SINGLE_FILE_NAME = "model.safetensors"
-# ComfyUI's marker key for v-prediction checkpoints (read back by core.models.loading).
-V_PRED_MARKER = "v_pred"
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -72,11 +70,10 @@ def make_tiny_model(
             modules[part] = _text_encoder(source / part / "config.json")
     for name, module in modules.items():
         module.save_pretrained(directory / name)  # type: ignore[operator]
-    # SD1 pads with the end token; OpenCLIP (SD2, SDXL's second encoder) pads with "!" (id 0).
-    pads = {"sd1": [EOS], "sd2": [OPENCLIP_PAD], "sdxl": [EOS, OPENCLIP_PAD]}[arch]
-    for sub, pad in zip(["tokenizer", "tokenizer_2"], pads, strict=False):
-        clip_tokenizer(pad_token=pad).save_pretrained(str(directory / sub))
-        write_vocab_files(directory / sub)  # vocab.json/merges.txt too, for older loaders
+    for sub, tokenizer in zip(("tokenizer", "tokenizer_2"), tokenizers_for(arch), strict=True):
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(directory / sub))
+            write_vocab_files(directory / sub)  # vocab.json/merges.txt too, for older loaders
     (directory / "scheduler").mkdir(exist_ok=True)
     shutil.copyfile(
         source / "scheduler" / "scheduler_config.json", directory / "scheduler" / "scheduler_config.json"

@@ -124,3 +124,19 @@ def load_tokenizer(directory: Path) -> CLIPTokenizer:
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load the tokenizer in {directory}: {exc}") from exc
     return tokenizer
+
+
+def tokenizers_for(arch: str, folder: Path | None = None) -> tuple[CLIPTokenizer, CLIPTokenizer | None]:
+    """An arch's (tokenizer, tokenizer_2): the folder's saved ones, else CLIP's with the arch's padding."""
+    # SD1 pads with the end token; OpenCLIP (SD2, SDXL's second encoder) pads with "!" (id 0).
+    pads = {"sd1": (EOS, None), "sd2": (OPENCLIP_PAD, None), "sdxl": (EOS, OPENCLIP_PAD)}[arch]
+    found: list[CLIPTokenizer | None] = []
+    for sub, pad in zip(("tokenizer", "tokenizer_2"), pads, strict=True):
+        if pad is None:
+            found.append(None)
+        elif folder is not None and (folder / sub).is_dir():
+            found.append(load_tokenizer(folder / sub))
+        else:
+            found.append(clip_tokenizer(pad_token=pad))
+    assert found[0] is not None
+    return found[0], found[1]

@@ -52,6 +52,17 @@ def default_sizes(model: BaseModel) -> tuple[int, ...]:
     return table if set(table) == set(widths) else widths
 
 
+def _check_widths(hn: Hypernetwork, model: BaseModel) -> None:
+    """Refuse a network none of whose widths this UNet's attention sees: it would train nothing."""
+    widths = attention_widths(model.unet)
+    if not set(hn.widths()) & set(widths):
+        raise InvalidOptionError(
+            f"the hypernetwork's widths {list(hn.widths())} match none of this model's attention widths "
+            f"{list(widths)}",
+            option="enable_sizes",
+        )
+
+
 def dataset_digest(dataset: TrainingDataset) -> str:
     """sha256 over every accepted image's name, content hash and caption (order-independent)."""
     h = hashlib.sha256()
@@ -142,6 +153,7 @@ def start_run(
         spec = _with(spec, seed=secrets.randbelow(2**31))  # recorded, so the run can be repeated
     if hn is None:
         hn = Hypernetwork.new(spec.name, spec.hypernetwork.options(), seed=spec.training.seed)
+    _check_widths(hn, model)
     hn.sd_checkpoint, hn.sd_checkpoint_name = model.sha256_short, model.name
     dataset = _dataset(data_path, spec, model)
     run_dir.mkdir(parents=True, exist_ok=True)

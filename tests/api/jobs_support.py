@@ -11,8 +11,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from api.db.enums import DatasetStatus, JobStatus
 from api.db.models import Dataset
 from api.db.repositories import ArtifactRepository, BaseModelRepository, DatasetRepository, JobRepository
@@ -73,7 +71,7 @@ def spec(s: Seed, **overrides: Any) -> dict[str, Any]:
     return body
 
 
-def submit(env: ApiEnv, s: Seed, key: str | None = None, **overrides: Any) -> httpx.Response:
+def submit(env: ApiEnv, s: Seed, key: str | None = None, **overrides: Any) -> Any:
     """``POST /v1/jobs`` with a fresh (or the given) Idempotency-Key."""
     headers = {**s.tenant.headers, "Idempotency-Key": key or str(uuid.uuid4())}
     return env.client.post("/v1/jobs", json=spec(s, **overrides), headers=headers)

@@ -86,7 +86,7 @@ def test_filesystem_unsatisfiable_range_is_416(local_env: ApiEnv) -> None:
 
 
 def test_filesystem_unparsable_range_serves_the_whole_file(local_env: ApiEnv) -> None:
-    """A Range this server does not understand (several ranges, other units) gets the whole file (RFC 9110)."""
+    """A Range this server does not parse (several ranges, other units) gets the whole file (RFC 9110)."""
     headers, _, artifact_id = _job_with_artifact(local_env)
     for value in ("bytes=0-1,5-6", "items=0-1", "bytes=abc"):
         response = local_env.client.get(

@@ -1,4 +1,4 @@
-"""``/v1/jobs/{id}/events``: polling pages, and the SSE stream with Last-Event-ID ending at the terminal event.
+"""``/v1/jobs/{id}/events``: polling pages, and the SSE stream with Last-Event-ID ending at the end.
 
 Job state is driven by writing through the repositories and ``append_event``, as the worker does.
 """

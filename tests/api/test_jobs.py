@@ -17,7 +17,8 @@ from tests.api.jobs_support import Seed, new_job, run_to, seed, spec, submit
 
 JOB_FIELDS = {
     "id", "name", "status", "created_at", "started_at", "finished_at", "dataset_id", "base_model", "spec",
-    "resolved_spec", "progress", "attempt", "resumed_from_step", "error", "artifacts_url", "end_user_id", "metadata",
+    "resolved_spec", "progress", "attempt", "resumed_from_step", "error", "artifacts_url", "end_user_id",
+    "metadata",
 }  # fmt: skip
 
 
@@ -92,8 +93,14 @@ def test_keys_are_per_tenant(api_env: ApiEnv) -> None:
     assert "Idempotent-Replayed" not in jb.headers
 
 
-@pytest.mark.parametrize(("key", "code"), [(None, "idempotency_key_required"), (" ", "idempotency_key_required"),
-                                           ("x" * 256, "invalid_idempotency_key")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("key", "code"),
+    [
+        (None, "idempotency_key_required"),
+        (" ", "idempotency_key_required"),
+        ("x" * 256, "invalid_idempotency_key"),
+    ],
+)
 def test_missing_or_bad_idempotency_key_is_400(api_env: ApiEnv, key: str | None, code: str) -> None:
     """The header is required and must be 1-255 visible ASCII characters."""
     s = seed(api_env)
@@ -131,8 +138,12 @@ def test_unknown_fields_are_422_with_json_pointers(any_env: ApiEnv) -> None:
     problem = response.json()
     assert problem["code"] == "invalid_spec"
     errors = {(e["pointer"], e["code"]) for e in problem["errors"]}
-    assert {("/colour", "unknown_field"), ("/training/lr", "unknown_field"),
-            ("/samples/prompts/0/x", "unknown_field"), ("/samples/prompts/0/prompt", "missing")} <= errors  # fmt: skip
+    assert {
+        ("/colour", "unknown_field"),
+        ("/training/lr", "unknown_field"),
+        ("/samples/prompts/0/x", "unknown_field"),
+        ("/samples/prompts/0/prompt", "missing"),
+    } <= errors
 
 
 @pytest.mark.parametrize(

@@ -104,11 +104,13 @@ def test_retry_gives_a_fresh_attempt_budget(api_env: ApiEnv) -> None:
     """A job that used all its attempts can run again after a retry; attempt keeps counting."""
     s = seed(api_env)
     job_id = new_job(api_env, s)
+    attempt = 0
     for _ in range(api_env.settings.job_max_attempts):
         with api_env.session() as session:
-            attempt = JobRepository(session).claim(job_id, WORKER, 60)
+            claimed = JobRepository(session).claim(job_id, WORKER, 60)
             session.commit()
-        assert attempt is not None
+        assert claimed == attempt + 1
+        attempt = claimed
         if attempt < api_env.settings.job_max_attempts:
             with api_env.session() as session:  # lease lost: the reconciler puts it back in the queue
                 JobRepository(session).compare_and_set(

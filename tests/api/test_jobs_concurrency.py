@@ -10,8 +10,8 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, func, select
@@ -66,7 +66,7 @@ def test_concurrent_requests_with_one_key_make_one_job(committing_env: ApiEnv) -
     key = str(uuid.uuid4())
     barrier = threading.Barrier(REQUESTS)
 
-    def post(_: int) -> httpx.Response:
+    def post(_: int) -> Any:
         barrier.wait()
         return env.client.post("/v1/jobs", json=spec(s), headers={**tenant.headers, "Idempotency-Key": key})
 

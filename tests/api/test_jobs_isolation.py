@@ -86,9 +86,14 @@ def test_every_route_needs_an_api_key(
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("POST", "/v1/jobs/validate"), ("GET", "/v1/webhook-endpoints"),
-     ("POST", "/v1/webhook-endpoints")],
-)  # fmt: skip
+    [
+        ("GET", "/v1/jobs"),
+        ("POST", "/v1/jobs"),
+        ("POST", "/v1/jobs/validate"),
+        ("GET", "/v1/webhook-endpoints"),
+        ("POST", "/v1/webhook-endpoints"),
+    ],
+)
 def test_collection_routes_need_an_api_key(any_env: ApiEnv, method: str, path: str) -> None:
     """The collection routes are 401 without a key too."""
     assert any_env.client.request(method, path, json={}).status_code == 401
@@ -96,7 +101,7 @@ def test_collection_routes_need_an_api_key(any_env: ApiEnv, method: str, path: s
 
 def test_lists_show_only_the_callers_objects(any_env: ApiEnv) -> None:
     """Job and endpoint listings never include another tenant's rows (with or without filters)."""
-    _, ids = _owned(any_env)
+    _owned(any_env)
     stranger = seed(any_env)
     mine = new_job(any_env, stranger)
     jobs = any_env.client.get("/v1/jobs", headers=stranger.tenant.headers).json()["data"]

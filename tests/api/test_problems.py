@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import re
+from collections.abc import Iterator
 
+import pytest
 from fastapi import APIRouter
 
 from api.app import create_app
+from api.middleware import JsonFormatter
 from tests.api.conftest import ApiEnv
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "instance", "code", "request_id", "errors"}
@@ -78,6 +83,40 @@ def test_json_body_over_the_limit_is_a_413(api_env: ApiEnv) -> None:
         headers={**api_env.admin_headers, "Content-Type": "application/json"},
     )
     _is_problem(r, 413, "payload_too_large")
+
+
+def test_streamed_json_body_over_the_limit_is_a_413(api_env: ApiEnv) -> None:
+    """Without Content-Length the limit is enforced while the body streams in."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"name": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}'
+
+    r = api_env.client.post(
+        "/v1/admin/tenants",
+        content=chunks(),
+        headers={**api_env.admin_headers, "Content-Type": "application/json"},
+    )
+    _is_problem(r, 413, "payload_too_large")
+
+
+def test_access_log_is_one_json_line_per_request(api_env: ApiEnv, caplog: pytest.LogCaptureFixture) -> None:
+    tenant = api_env.tenant()
+    with caplog.at_level(logging.INFO, logger="api.access"):
+        r = api_env.client.get("/v1/datasets?limit=1", headers=tenant.headers)
+    (record,) = [rec for rec in caplog.records if rec.name == "api.access"]
+    line = json.loads(JsonFormatter().format(record))
+    assert line["request_id"] == r.headers["x-request-id"]
+    assert (line["method"], line["path"], line["route"], line["status"]) == (
+        "GET",
+        "/v1/datasets",
+        "/v1/datasets",
+        200,
+    )
+    assert line["tenant_id"] == tenant.id and line["level"] == "info" and line["duration_ms"] >= 0
+    assert tenant.key not in json.dumps(line)
 
 
 def test_unexpected_errors_are_500_problems_without_internals(local_env: ApiEnv) -> None:

@@ -60,7 +60,7 @@ MEMBER_CASES: list[tuple[str, Callable[[], list[tuple[str, bytes]]], str, str]] 
     ("text named png", lambda: [("fake.png", b"hello, I am text")], "fake.png", "not_an_image"),
     ("decompression bomb png", lambda: [("bomb.png", bomb_png())], "bomb.png", "decompression_bomb"),
     ("nested zip", lambda: [("inner.zip", make_zip([("x.png", png())]))], "inner.zip", "nested_archive"),
-    ("control chars", lambda: [("bad\x01name.png", png())], "bad\x01name.png", "invalid_name"),
+    ("control chars", lambda: [("bad\x01name.png", png())], "bad\\x01name.png", "invalid_name"),
     ("too small", lambda: [("tiny.png", png(8, 8))], "tiny.png", "too_small"),
     (
         "deep folders",
@@ -189,6 +189,31 @@ def test_hostile_loose_file_names_are_only_names(any_env: ApiEnv) -> None:
     r = _post(any_env, tenant, files=[GOOD, ("../../../../tmp/evil.png", png()), ("/etc/x.png", png())])
     assert r.status_code == 201
     assert _rejections(r) == {"../../../../tmp/evil.png": "unsafe_path", "/etc/x.png": "unsafe_path"}
+
+
+def test_nul_and_control_characters_never_reach_the_database(any_env: ApiEnv) -> None:
+    """Postgres cannot store NUL in text or JSONB: names are escaped in reports, fields refused."""
+    tenant = any_env.tenant()
+    parts = [GOOD, ("nul\x00name.png", png()), ("esc\x1b[31m.png", png())]
+    body = b"".join(
+        b'--b0undary\r\nContent-Disposition: form-data; name="files"; filename="'
+        + name.encode()
+        + b'"\r\nContent-Type: image/png\r\n\r\n'
+        + data
+        + b"\r\n"
+        for name, data in parts
+    )
+    r = any_env.client.post(  # raw bytes: httpx would percent-encode the control characters
+        "/v1/datasets",
+        content=body + b"--b0undary--\r\n",
+        headers={**tenant.headers, "Content-Type": "multipart/form-data; boundary=b0undary"},
+    )
+    assert r.status_code == 201, r.text
+    assert _rejections(r) == {"nul\\x00name.png": "invalid_name", "esc\\x1b[31m.png": "invalid_name"}
+    bad_field = _post(any_env, tenant, files=[GOOD], end_user_id="user\x00")
+    assert bad_field.status_code == 422 and bad_field.json()["errors"][0]["pointer"] == "/end_user_id"
+    listed = any_env.client.get("/v1/datasets", params={"end_user_id": "u\x00"}, headers=tenant.headers)
+    assert listed.status_code == 422
 
 
 def test_not_a_zip_is_a_422(any_env: ApiEnv) -> None:

@@ -168,7 +168,7 @@ def test_bad_endpoint_bodies_are_422(api_env: ApiEnv, body: dict[str, Any]) -> N
 
 
 def test_events_fan_out_to_subscribed_endpoints_only(api_env: ApiEnv) -> None:
-    """append_event creates one pending delivery per subscribed endpoint, plus a webhook.deliver outbox row."""
+    """append_event makes one pending delivery per subscribed endpoint, and a webhook.deliver outbox row."""
     s = seed(api_env)
     wants_queued = _endpoint(api_env, s.tenant, PUBLIC_URL, ["job.queued", "job.succeeded"])
     wants_final = _endpoint(api_env, s.tenant, PUBLIC_URL, ["job.succeeded"])
@@ -198,7 +198,7 @@ def test_events_fan_out_to_subscribed_endpoints_only(api_env: ApiEnv) -> None:
 def _one_delivery(
     env: ApiEnv, url: str, types: list[str] | None = None
 ) -> tuple[str, str, str, dict[str, Any]]:
-    """A job with one pending delivery of its job.queued event to ``url``: (delivery id, secret, job id, tenant)."""
+    """A job whose job.queued event has one pending delivery to ``url``: (delivery id, secret, job, ctx)."""
     s = seed(env)
     endpoint = _endpoint(env, s.tenant, url, types or ["job.queued"])
     job_id = new_job(env, s)
@@ -309,7 +309,7 @@ def test_connection_refused_is_recorded(private_env: ApiEnv) -> None:
 
 
 def test_rebinding_to_loopback_is_refused_at_delivery(api_env: ApiEnv, receiver: Receiver) -> None:
-    """Created while its name resolved publicly, refused when it later resolves to loopback: nothing is sent."""
+    """Created while its name resolved publicly, refused once it resolves to loopback: nothing is sent."""
     s = seed(api_env)
     port = int(receiver.url.rsplit(":", 1)[1].split("/")[0])
     with api_env.session() as session:

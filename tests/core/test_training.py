@@ -332,3 +332,9 @@ def test_cli_trains_with_a_spec_file_and_flag_overrides(
 def test_cli_refusals(extra: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_widths_the_model_never_uses_are_refused(tiny_sd1: Path, demo_data: Path, tmp_path: Path) -> None:
+    spec = parse_spec({**_dict(_spec()), "hypernetwork": {"enable_sizes": [768, 320, 640, 1280]}})
+    with pytest.raises(InvalidOptionError, match="match none of this model's attention widths"):
+        start_run(spec, tiny_sd1, demo_data, tmp_path / "run", device=CPU)

@@ -187,7 +187,7 @@ class Stack:
             what=f"{job_id} to reach step {step}",
         )
 
-    def wait_event(self, job_id: str, type_: str, timeout: float = 120, count: int = 1) -> list[JobEvent]:
+    def wait_event(self, job_id: str, type_: str, timeout: float = 120, count: int = 1) -> bool:
         """Wait until the job has ``count`` events of ``type_``."""
         return wait_for(
             lambda: (

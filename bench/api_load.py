@@ -1,0 +1,307 @@
+"""API load and upload memory benchmark (issue 6).
+
+1. ``GET /v1/jobs/{id}`` under 32 concurrent keep-alive connections against the real app on
+   Postgres, side by side with a bare FastAPI route doing one primary-key select on the same
+   database, both served by uvicorn in subprocesses on loopback with the same settings (one
+   process, same flags, same pool size). A fixed number of requests per round; rounds alternate
+   bare/api so drift hits both; the best round of each counts.
+2. A 1 GiB dataset upload (a zip of generated, incompressible PNGs with captions, written to a
+   temporary file first and streamed by the client) to a fresh API process; its peak RSS
+   (``VmHWM``) growth over its warmed-up peak is reported.
+
+Ends by printing one JSON line: ``throughput_ratio``, ``p99_ms``, ``upload_rss_growth_mb`` (and
+the raw numbers). Targets on the 2-core development machine: ratio >= 0.6, p99 <= 50 ms,
+growth <= 64 MiB. Postgres comes from ``HYPERFORGE_BENCH_DATABASE_URL`` (default: this machine's).
+Run: ``.venv/bin/python bench/api_load.py [--requests N] [--upload-mib M]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DB = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+CONCURRENCY = 32
+POOL_SIZE = 10  # the app's default database_pool_size; the bare app gets the same
+UVICORN_FLAGS = ["--host", "127.0.0.1", "--workers", "1", "--no-access-log", "--log-level", "warning"]
+
+
+# -- the bare baseline app (imported by uvicorn in its own process) ---------------------------------
+
+
+def bare_app() -> Any:
+    """A bare FastAPI app: one route, one primary-key select on the jobs table, nothing else."""
+    from fastapi import FastAPI
+    from sqlalchemy import create_engine, select
+    from sqlalchemy.orm import sessionmaker
+
+    from api.db.models import Job
+
+    engine = create_engine(os.environ["BENCH_DATABASE_URL"], pool_size=POOL_SIZE, max_overflow=POOL_SIZE)
+    sessions = sessionmaker(bind=engine)
+    app = FastAPI()
+
+    @app.get("/v1/jobs/{job_id}")
+    def get_job(job_id: str) -> dict[str, Any]:
+        with sessions() as session:
+            job = session.scalars(select(Job).where(Job.id == job_id)).one()
+            return {"id": job.id, "status": job.status, "progress": job.progress}
+
+    return app
+
+
+# -- set-up -------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def bench_database(base_url: str) -> Iterator[str]:
+    """A fresh migrated database (dropped afterwards)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from api.db.migrate import upgrade
+
+    name = f"hf_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(base_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def seed(url: str) -> tuple[str, str]:
+    """A tenant with a key, a dataset, a model and one running job with progress; (api key, job id)."""
+    from api.db.engine import Database
+    from api.db.models import Dataset, Job
+    from api.db.repositories import BaseModelRepository, DatasetRepository, JobRepository
+    from api.services.tenants import create_tenant
+    from api.settings import Settings
+
+    database = Database.from_url(url)
+    with database.session() as session:
+        created = create_tenant(session, Settings(database_url=url), "bench")
+        tenant_id = created.tenant.id
+        dataset = DatasetRepository(session).add(
+            Dataset(tenant_id=tenant_id, name="d", status="ready", storage_prefix=f"tenants/{tenant_id}/d/")
+        )
+        model = BaseModelRepository(session).add(
+            name=f"sd15-{uuid.uuid4().hex[:6]}", arch="sd1", format="diffusers", uri="/m", sha256_short=None
+        )
+        spec = {"name": "inkwash", "dataset_id": dataset.id, "base_model": model.name, "training": {"steps": 10000}}
+        job = JobRepository(session).add(
+            Job(
+                tenant_id=tenant_id,
+                name="inkwash",
+                status="running",
+                dataset_id=dataset.id,
+                base_model_id=model.id,
+                spec=spec,
+                resolved_spec={**spec, "hypernetwork": {"layer_structure": [1, 2, 1]}},
+                progress={"step": 1200, "total_steps": 10000, "loss": 0.11, "learn_rate": 5e-6},
+                attempt=1,
+                metadata_={},
+            )
+        )
+        session.commit()
+        key, job_id = created.key.secret, job.id
+    database.dispose()
+    return key, job_id
+
+
+@contextmanager
+def server(target: list[str], env: dict[str, str]) -> Iterator[tuple[str, int]]:
+    """A uvicorn subprocess serving ``target``; yields (base URL, pid) once it answers."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "uvicorn", *target, "--port", str(port), *UVICORN_FLAGS]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            try:
+                httpx.get(base + "/docs", timeout=1)
+                break
+            except httpx.TransportError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{target} did not start") from None
+                time.sleep(0.1)  # waiting for a child process to bind its port
+        yield base, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+# -- load ---------------------------------------------------------------------------------------------
+
+
+async def _load(base: str, path: str, headers: dict[str, str], total: int) -> tuple[float, list[float]]:
+    """``total`` GETs over CONCURRENCY connections; (requests per second, latencies in seconds)."""
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    latencies: list[float] = []
+    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=30) as client:
+        remaining = iter(range(total))
+
+        async def worker() -> None:
+            for _ in remaining:
+                start = time.perf_counter()
+                response = await client.get(path)
+                latencies.append(time.perf_counter() - start)
+                if response.status_code != 200:
+                    raise RuntimeError(f"{path}: {response.status_code} {response.text[:200]}")
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        elapsed = time.perf_counter() - began
+    return total / elapsed, latencies
+
+
+def _p99_ms(latencies: list[float]) -> float:
+    return round(statistics.quantiles(latencies, n=100)[98] * 1000, 2)
+
+
+def measure_load(url: str, requests: int, rounds: int) -> dict[str, Any]:
+    """Throughput of the app's GET /v1/jobs/{id} against the bare route, best round of each."""
+    key, job_id = seed(url)
+    path = f"/v1/jobs/{job_id}"
+    with tempfile.TemporaryDirectory() as data_dir:
+        api_env = {
+            "HYPERFORGE_DATABASE_URL": url,
+            "HYPERFORGE_DATA_DIR": data_dir,
+            "HYPERFORGE_DATABASE_POOL_SIZE": str(POOL_SIZE),
+        }
+        bare_env = {"BENCH_DATABASE_URL": url, "PYTHONPATH": str(ROOT / "bench")}
+        with server(["api.app:create_app", "--factory"], api_env) as (api_base, _), server(
+            ["api_load:bare_app", "--factory", "--app-dir", str(ROOT / "bench")], bare_env
+        ) as (bare_base, _):
+            auth = {"Authorization": f"Bearer {key}"}
+            for base, headers in ((api_base, auth), (bare_base, {})):  # warm-up: imports, pools, caches
+                asyncio.run(_load(base, path, headers, 500))
+            results: dict[str, list[tuple[float, list[float]]]] = {"api": [], "bare": []}
+            for _ in range(rounds):
+                results["bare"].append(asyncio.run(_load(bare_base, path, {}, requests)))
+                results["api"].append(asyncio.run(_load(api_base, path, auth, requests)))
+    api_rps, api_lat = max(results["api"], key=lambda r: r[0])
+    bare_rps, bare_lat = max(results["bare"], key=lambda r: r[0])
+    return {
+        "throughput_ratio": round(api_rps / bare_rps, 3),
+        "p99_ms": _p99_ms(api_lat),
+        "api_rps": round(api_rps, 1),
+        "bare_rps": round(bare_rps, 1),
+        "api_p50_ms": round(statistics.median(api_lat) * 1000, 2),
+        "bare_p99_ms": _p99_ms(bare_lat),
+        "requests_per_round": requests,
+        "rounds": rounds,
+    }
+
+
+# -- upload -------------------------------------------------------------------------------------------
+
+
+def write_dataset_zip(path: Path, total_bytes: int) -> int:
+    """A stored (uncompressed) zip of distinct random-noise 1024x1024 PNGs and captions, ~``total_bytes``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    written = 0
+    count = 0
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        while written < total_bytes:
+            pixels = rng.integers(0, 256, size=(1024, 1024, 3), dtype=np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(pixels, "RGB").save(buf, format="PNG", compress_level=0)
+            zf.writestr(f"images/{count:05d}.png", buf.getvalue())
+            zf.writestr(f"images/{count:05d}.txt", f"noise sample {count}, inkwash style")
+            written += buf.tell()
+            count += 1
+    return count
+
+
+def _vm(pid: int, field: str) -> int:
+    """A ``/proc/<pid>/status`` memory field in bytes (VmHWM: peak RSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def measure_upload(url: str, upload_bytes: int) -> dict[str, Any]:
+    """Peak RSS growth of a fresh API process while it takes a ``upload_bytes`` dataset upload."""
+    key, _ = seed(url)
+    auth = {"Authorization": f"Bearer {key}"}
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / "big.zip"
+        images = write_dataset_zip(archive, upload_bytes)
+        small = Path(tmp) / "small.zip"
+        write_dataset_zip(small, 1)
+        env = {"HYPERFORGE_DATABASE_URL": url, "HYPERFORGE_DATA_DIR": str(Path(tmp) / "data")}
+        with server(["api.app:create_app", "--factory"], env) as (base, pid):
+            with httpx.Client(base_url=base, headers=auth, timeout=1800) as client:
+                with small.open("rb") as fh:  # warm-up: the whole upload path once, small
+                    warm = client.post("/v1/datasets", files={"archive": ("small.zip", fh, "application/zip")})
+                assert warm.status_code == 201, warm.text
+                before = _vm(pid, "VmHWM")
+                began = time.perf_counter()
+                with archive.open("rb") as fh:
+                    response = client.post("/v1/datasets", files={"archive": ("big.zip", fh, "application/zip")})
+                seconds = time.perf_counter() - began
+                assert response.status_code == 201, response.text[:500]
+                after = _vm(pid, "VmHWM")
+                accepted = response.json()["report"]["accepted"]
+        archive_bytes = archive.stat().st_size
+    return {
+        "upload_rss_growth_mb": round((after - before) / 2**20, 1),
+        "upload_bytes": archive_bytes,
+        "upload_images": images,
+        "upload_accepted": accepted,
+        "upload_seconds": round(seconds, 1),
+        "api_peak_rss_before_mb": round(before / 2**20, 1),
+    }
+
+
+def main() -> None:
+    """Run both measurements and print the JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=4000, help="requests per round and target")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--upload-mib", type=int, default=1024)
+    args = parser.parse_args()
+    base = os.environ.get("HYPERFORGE_BENCH_DATABASE_URL", DEFAULT_DB)
+    with bench_database(base) as url:
+        result = measure_load(url, args.requests, args.rounds)
+        result.update(measure_upload(url, args.upload_mib * 2**20))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
