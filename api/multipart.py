@@ -21,7 +21,7 @@ from urllib.parse import unquote
 import anyio.to_thread
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
 
-from api.errors import BadRequestProblem, PayloadTooLargeProblem, UnsupportedMediaTypeProblem
+from api.errors import BadRequestProblem, PayloadTooLargeProblem, UnsupportedMediaTypeProblem, json_pointer
 
 FLUSH_BYTES: Final = 1024 * 1024
 MAX_FIELD_BYTES: Final = 4096
@@ -147,7 +147,7 @@ class _Spooler:
             raise PayloadTooLargeProblem(
                 f"form field {self._field_name!r} is longer than {MAX_FIELD_BYTES} bytes",
                 code="field_too_large",
-                pointer="/" + self._field_name,
+                pointer=json_pointer([self._field_name]),
             )
         self._field_data.extend(chunk)
 
@@ -160,7 +160,7 @@ class _Spooler:
             raise BadRequestProblem(
                 f"form field {self._field_name!r} is given twice",
                 code="duplicate_field",
-                pointer="/" + self._field_name,
+                pointer=json_pointer([self._field_name]),
             )
         self.form.fields[self._field_name] = value
 

@@ -37,20 +37,22 @@ class Settings(BaseSettings):
     database_url: str = Field(
         "", description="SQLAlchemy URL; empty means SQLite at `<data_dir>/hyperforge.db`."
     )
-    database_pool_size: int = Field(10, ge=1)
-    database_max_overflow: int = Field(10, ge=0)
+    database_pool_size: int = Field(10, ge=1, description="Connections kept in the SQLAlchemy pool.")
+    database_max_overflow: int = Field(10, ge=0, description="Extra connections beyond the pool.")
     broker_url: str = Field(
         "",
         description="Celery broker; `redis://` ones are pinged by /readyz; empty: local mode's embedded one.",
     )
 
-    storage_backend: Literal["filesystem", "s3"] = "filesystem"
+    storage_backend: Literal["filesystem", "s3"] = Field(
+        "filesystem", description="Where datasets and artifacts live: `filesystem` or `s3`."
+    )
     storage_dir: Path | None = Field(None, description="Filesystem store root; default `<data_dir>/objects`.")
     s3_endpoint_url: str | None = Field(None, description="For MinIO or another S3 API; None is AWS.")
-    s3_region: str = "us-east-1"
-    s3_bucket: str = "hyperforge"
-    s3_access_key_id: str | None = None
-    s3_secret_access_key: SecretStr | None = None
+    s3_region: str = Field("us-east-1", description="S3 region.")
+    s3_bucket: str = Field("hyperforge", description="S3 bucket holding every object.")
+    s3_access_key_id: str | None = Field(None, description="S3 access key; unset: boto3's credential chain.")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key.")
     s3_force_path_style: bool = Field(False, description="Path-style addressing (MinIO needs it).")
     s3_create_bucket: bool = Field(False, description="Create the bucket at start when missing (dev, tests).")
     s3_multipart_chunk_bytes: int = Field(8 * MiB, ge=5 * MiB, description="Multipart upload part size.")
@@ -86,7 +88,7 @@ class Settings(BaseSettings):
     )
 
     webhook_allow_private: bool = Field(False, description="Allow webhooks to loopback/private addresses.")
-    webhook_timeout_seconds: float = Field(10.0, gt=0)
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one webhook delivery attempt.")
     job_max_attempts: int = Field(3, ge=1, description="Runs of a job before it fails for good.")
     lease_seconds: int = Field(
         60, ge=5, description="How long a worker's claim on a job lasts unless renewed."
@@ -94,9 +96,9 @@ class Settings(BaseSettings):
     worker_cache_dir: Path | None = Field(
         None, description="Worker's dataset/model cache; default `<data_dir>/cache`."
     )
-    worker_cache_max_bytes: int = Field(50 * GiB, ge=0)
+    worker_cache_max_bytes: int = Field(50 * GiB, ge=0, description="Size cap of the worker cache (LRU).")
 
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="Log level.")
     log_json: bool = Field(True, description="JSON log lines (one object per line).")
 
     @field_validator("database_url")

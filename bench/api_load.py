@@ -117,7 +117,12 @@ def seed(url: str) -> tuple[str, str]:
         model = BaseModelRepository(session).add(
             name=f"sd15-{uuid.uuid4().hex[:6]}", arch="sd1", format="diffusers", uri="/m", sha256_short=None
         )
-        spec = {"name": "inkwash", "dataset_id": dataset.id, "base_model": model.name, "training": {"steps": 10000}}
+        spec = {
+            "name": "inkwash",
+            "dataset_id": dataset.id,
+            "base_model": model.name,
+            "training": {"steps": 10000},
+        }
         job = JobRepository(session).add(
             Job(
                 tenant_id=tenant_id,
@@ -185,6 +190,21 @@ async def _load(base: str, path: str, headers: dict[str, str], total: int) -> tu
     return total / elapsed, latencies
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _round(
+    base: str, pid: int, path: str, headers: dict[str, str], total: int
+) -> tuple[float, list[float], float]:
+    """One measured round: (requests per second, latencies, server CPU ms per request)."""
+    cpu = _cpu_seconds(pid)
+    rps, latencies = asyncio.run(_load(base, path, headers, total))
+    return rps, latencies, (_cpu_seconds(pid) - cpu) * 1000 / total
+
+
 def _p99_ms(latencies: list[float]) -> float:
     return round(statistics.quantiles(latencies, n=100)[98] * 1000, 2)
 
@@ -200,18 +220,22 @@ def measure_load(url: str, requests: int, rounds: int) -> dict[str, Any]:
             "HYPERFORGE_DATABASE_POOL_SIZE": str(POOL_SIZE),
         }
         bare_env = {"BENCH_DATABASE_URL": url, "PYTHONPATH": str(ROOT / "bench")}
-        with server(["api.app:create_app", "--factory"], api_env) as (api_base, _), server(
-            ["api_load:bare_app", "--factory", "--app-dir", str(ROOT / "bench")], bare_env
-        ) as (bare_base, _):
+        with (
+            server(["api.app:create_app", "--factory"], api_env) as (api_base, api_pid),
+            server(["api_load:bare_app", "--factory", "--app-dir", str(ROOT / "bench")], bare_env) as (
+                bare_base,
+                bare_pid,
+            ),
+        ):
             auth = {"Authorization": f"Bearer {key}"}
             for base, headers in ((api_base, auth), (bare_base, {})):  # warm-up: imports, pools, caches
                 asyncio.run(_load(base, path, headers, 500))
-            results: dict[str, list[tuple[float, list[float]]]] = {"api": [], "bare": []}
+            results: dict[str, list[tuple[float, list[float], float]]] = {"api": [], "bare": []}
             for _ in range(rounds):
-                results["bare"].append(asyncio.run(_load(bare_base, path, {}, requests)))
-                results["api"].append(asyncio.run(_load(api_base, path, auth, requests)))
-    api_rps, api_lat = max(results["api"], key=lambda r: r[0])
-    bare_rps, bare_lat = max(results["bare"], key=lambda r: r[0])
+                results["bare"].append(_round(bare_base, bare_pid, path, {}, requests))
+                results["api"].append(_round(api_base, api_pid, path, auth, requests))
+    api_rps, api_lat, api_cpu = max(results["api"], key=lambda r: r[0])
+    bare_rps, bare_lat, bare_cpu = max(results["bare"], key=lambda r: r[0])
     return {
         "throughput_ratio": round(api_rps / bare_rps, 3),
         "p99_ms": _p99_ms(api_lat),
@@ -219,6 +243,9 @@ def measure_load(url: str, requests: int, rounds: int) -> dict[str, Any]:
         "bare_rps": round(bare_rps, 1),
         "api_p50_ms": round(statistics.median(api_lat) * 1000, 2),
         "bare_p99_ms": _p99_ms(bare_lat),
+        # Server CPU per request: the contention-independent cost (the machine may be shared).
+        "api_cpu_ms_per_request": round(api_cpu, 3),
+        "bare_cpu_ms_per_request": round(bare_cpu, 3),
         "requests_per_round": requests,
         "rounds": rounds,
     }
@@ -268,12 +295,16 @@ def measure_upload(url: str, upload_bytes: int) -> dict[str, Any]:
         with server(["api.app:create_app", "--factory"], env) as (base, pid):
             with httpx.Client(base_url=base, headers=auth, timeout=1800) as client:
                 with small.open("rb") as fh:  # warm-up: the whole upload path once, small
-                    warm = client.post("/v1/datasets", files={"archive": ("small.zip", fh, "application/zip")})
+                    warm = client.post(
+                        "/v1/datasets", files={"archive": ("small.zip", fh, "application/zip")}
+                    )
                 assert warm.status_code == 201, warm.text
                 before = _vm(pid, "VmHWM")
                 began = time.perf_counter()
                 with archive.open("rb") as fh:
-                    response = client.post("/v1/datasets", files={"archive": ("big.zip", fh, "application/zip")})
+                    response = client.post(
+                        "/v1/datasets", files={"archive": ("big.zip", fh, "application/zip")}
+                    )
                 seconds = time.perf_counter() - began
                 assert response.status_code == 201, response.text[:500]
                 after = _vm(pid, "VmHWM")

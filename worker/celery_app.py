@@ -51,9 +51,8 @@ def celery_config(broker_url: str) -> dict[str, Any]:
     transport_options: dict[str, Any] = {}
     if broker_url.startswith(("redis://", "rediss://", "sentinel://")):
         transport_options["visibility_timeout"] = VISIBILITY_TIMEOUT_S
-    elif broker_url.startswith("sqla+"):
-        # The embedded broker polls its SQLite table; a short interval keeps local dispatch snappy.
-        transport_options["polling_interval"] = 0.2
+    # kombu's SQLAlchemy transport (local mode) passes its transport options to create_engine, so it
+    # gets none; it polls its SQLite table once a second.
     return {
         "broker_url": broker_url,
         "broker_transport_options": transport_options,

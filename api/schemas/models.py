@@ -49,7 +49,7 @@ class BaseModelCreate(BaseModel):
     )
 
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    uri: str = Field(min_length=1, max_length=2000)
+    uri: str = Field(min_length=1, max_length=2000, pattern=r"^[^\x00-\x1f\x7f]+$")
     arch: Literal["sd1", "sd2", "sdxl"] | None = Field(
         None, description="Detected from the files when omitted."
     )

@@ -38,7 +38,7 @@ from api.archive import (
 from api.db.enums import DatasetStatus
 from api.db.models import Dataset
 from api.db.repositories import DatasetRepository, JobRepository
-from api.errors import ConflictProblem, NotFoundProblem, ValidationProblem
+from api.errors import ConflictProblem, NotFoundProblem, ValidationProblem, json_pointer
 from api.ids import Prefix, is_valid_id, new_id
 from api.schemas.datasets import Dataset as DatasetSchema
 from api.schemas.datasets import DatasetList
@@ -84,13 +84,15 @@ def parse_upload(fields: dict[str, str], files: list[tuple[str, UploadedFile]]) 
     """Check the form: known fields only, ``archive`` xor ``files``, valid ``caption_source``."""
     for key in fields:
         if key not in _FORM_FIELDS:
-            raise ValidationProblem(f"unknown form field {key!r}", code="unknown_field", pointer=f"/{key}")
+            raise ValidationProblem(
+                f"unknown form field {key!r}", code="unknown_field", pointer=json_pointer([key])
+            )
     unknown = sorted({f for f, _ in files if f not in ("archive", "files")})
     if unknown:
         raise ValidationProblem(
             f"unknown file field {unknown[0]!r}; use 'archive' or 'files'",
             code="unknown_field",
-            pointer=f"/{unknown[0]}",
+            pointer=json_pointer([unknown[0]]),
         )
     archives = [u for f, u in files if f == "archive"]
     loose = tuple(u for f, u in files if f == "files")
@@ -108,9 +110,9 @@ def parse_upload(fields: dict[str, str], files: list[tuple[str, UploadedFile]]) 
             "must be 'txt' or 'filename'", code="invalid_choice", pointer="/caption_source"
         )
     archive = archives[0] if archives else None
-    default_name = (
-        posixpath.splitext(archive.filename.replace("\\", "/").rsplit("/", 1)[-1])[0] if archive else ""
-    )
+    # The archive's file name without folders, extension and control characters, as the default name.
+    stem = posixpath.splitext(archive.filename.replace("\\", "/").rsplit("/", 1)[-1])[0] if archive else ""
+    default_name = "".join(c for c in stem if not _has_control(c))[:200]
     name = (fields.get("name") or default_name or "dataset").strip()
     if len(name) > 200 or _has_control(name):
         raise ValidationProblem(

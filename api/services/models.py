@@ -65,6 +65,8 @@ def register_model(
             code="invalid_name",
             pointer="/name",
         )
+    if any(ord(c) < 32 or ord(c) == 127 for c in uri):
+        raise ValidationProblem("the URI contains control characters", code="invalid_uri", pointer="/uri")
     repo = BaseModelRepository(session)
     if repo.get_by_name(name) is not None:
         raise ConflictProblem(f"a model named {name!r} is already registered", code="model_exists")
@@ -81,7 +83,10 @@ def register_model(
         path = Path(uri.removeprefix("file://")).expanduser()
         if not path.exists():
             raise ValidationProblem(f"no file or folder at {uri}", code="model_not_found", pointer="/uri")
-        fmt = format or _detect_format(path)
+        # Detected even when given: it proves the path is a model before anything hashes it.
+        fmt = _detect_format(path)
+        if format is not None and format != fmt:
+            raise ValidationProblem(f"the files are a {fmt} model", code="format_mismatch", pointer="/format")
         arch = arch or _detect_arch(path, fmt)
         short = sha256[:SHORT_HASH_LEN].lower() if sha256 else _short_hash(path)
         uri = str(path.resolve())

@@ -44,8 +44,10 @@ def _pepper(settings: Settings) -> str:
 def create_tenant(session: Session, settings: Settings, name: str) -> CreatedTenant:
     """Create a tenant and its first API key; commits."""
     clean = name.strip()
-    if not clean or len(clean) > 200:
-        raise ValidationProblem("a tenant name is 1 to 200 characters", code="invalid_name", pointer="/name")
+    if not clean or len(clean) > 200 or any(ord(c) < 32 or ord(c) == 127 for c in clean):
+        raise ValidationProblem(
+            "a tenant name is 1 to 200 printable characters", code="invalid_name", pointer="/name"
+        )
     tenant = TenantRepository(session).add(clean)
     issued = _issue(session, settings, tenant.id)
     session.commit()

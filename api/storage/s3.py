@@ -158,9 +158,13 @@ class S3ObjectStore:
     def iter_bytes(self, key: str, *, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """Stream a byte range with a ranged GET."""
         check_key(key)
-        byte_range = f"bytes={start}-{'' if end is None else end}"
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if (
+            start > 0 or end is not None
+        ):  # no Range for the whole object: S3 answers 416 to "bytes=0-" when empty
+            params["Range"] = f"bytes={start}-{'' if end is None else end}"
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=key, Range=byte_range)["Body"]
+            body = self.client.get_object(**params)["Body"]
         except ClientError as exc:
             if _error_code(exc) in _MISSING:
                 raise ObjectNotFoundError(key) from exc

@@ -133,3 +133,6 @@ def test_admin_tenant_body_is_validated(api_env: ApiEnv) -> None:
     assert r.status_code == 422
     pointers = {e["pointer"]: e["code"] for e in r.json()["errors"]}
     assert pointers == {"/name": "out_of_range", "/extra": "unknown_field"}
+    # Postgres cannot store NUL: refused as a 422, never a 500.
+    nul = api_env.client.post("/v1/admin/tenants", json={"name": "a\x00b"}, headers=api_env.admin_headers)
+    assert nul.status_code == 422 and nul.json()["errors"][0]["pointer"] == "/name"

@@ -73,6 +73,13 @@ def test_registration_problems(api_env: ApiEnv, tmp_path: Path) -> None:
         ({"name": "b", "uri": "https://example.com/m.safetensors"}, 422, "arch_required"),
         ({"name": "c", "uri": str(unknown_arch)}, 422, "arch_required"),
         ({"name": "d", "uri": str(not_a_model)}, 422, "unknown_model_format"),
+        ({"name": "e", "uri": "/", "format": "diffusers", "arch": "sd1"}, 422, "unknown_model_format"),
+        (
+            {"name": "f", "uri": str(unknown_arch), "format": "diffusers", "arch": "sd1"},
+            422,
+            "format_mismatch",
+        ),
+        ({"name": "g", "uri": "/tmp/a\x00b"}, 422, "validation_failed"),
     ]
     for body, status, code in cases:
         r = client.post("/v1/admin/models", json=body, headers=admin)

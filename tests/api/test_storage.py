@@ -68,6 +68,12 @@ def test_streamed_upload_in_parts_round_trips(store: ObjectStore) -> None:
         b"".join(store.iter_bytes(key))
 
 
+def test_empty_objects_read_back_empty(store: ObjectStore) -> None:
+    key = tenant_key(TENANT, "jobs", "job_x", "empty.txt")
+    assert store.put_bytes(key, b"").bytes == 0
+    assert b"".join(store.iter_bytes(key)) == b""
+
+
 def test_download_to_a_file(store: ObjectStore, tmp_path: Path) -> None:
     key = tenant_key(TENANT, "jobs", "job_x", "a.bin")
     store.put_bytes(key, b"hello")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import zipfile
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -276,3 +277,14 @@ def test_malformed_multipart_is_a_400(api_env: ApiEnv) -> None:
     )
     assert r.status_code == 400
     assert r.json()["code"] == "invalid_multipart"
+
+
+def test_spooled_and_temporary_files_are_removed(local_env: ApiEnv, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    app = local_env.client.app
+    app.state.settings = local_env.settings.model_copy(update={"upload_tmp_dir": spool})  # type: ignore[attr-defined]
+    tenant = local_env.tenant()
+    assert _post(local_env, tenant, archive=make_zip([GOOD])).status_code == 201
+    assert _post(local_env, tenant, archive=make_zip([("x.png", b"nope")])).status_code == 422
+    assert _post(local_env, tenant, archive=b"not a zip").status_code == 422
+    assert spool.is_dir() and list(spool.iterdir()) == []

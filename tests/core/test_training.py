@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -19,7 +20,7 @@ from core.hypernetwork.fileformat import load_pt, save_optimizer, save_pt, zip_e
 from core.hypernetwork.module import Hypernetwork
 from core.hypernetwork.options import HypernetworkOptions
 from core.models.tiny import TINY_WIDTHS
-from core.spec import TrainingSpec, parse_spec
+from core.spec import TrainingSpec, parse_spec, resolve_spec
 from core.training.callbacks import (
     Callback,
     CheckpointEvent,
@@ -338,3 +339,61 @@ def test_widths_the_model_never_uses_are_refused(tiny_sd1: Path, demo_data: Path
     spec = parse_spec({**_dict(_spec()), "hypernetwork": {"enable_sizes": [768, 320, 640, 1280]}})
     with pytest.raises(InvalidOptionError, match="match none of this model's attention widths"):
         start_run(spec, tiny_sd1, demo_data, tmp_path / "run", device=CPU)
+
+
+@pytest.mark.parametrize("arch", ["sd2", "sdxl"])
+def test_v_prediction_and_sdxl_models_train(
+    arch: str, request: pytest.FixtureRequest, demo_data: Path, tmp_path: Path
+) -> None:
+    model_dir: Path = request.getfixturevalue(f"tiny_{arch}")
+    rec = Recorder()
+    end = start_run(
+        _spec(steps=2, min_snr_gamma=5.0), model_dir, demo_data, tmp_path / "run", callbacks=[rec], device=CPU
+    )
+    assert end.step == 2 and all(np.isfinite(e.loss) for e in rec.of(StepEvent))
+    hn = load_pt(tmp_path / "run" / "tiny.pt")
+    assert hn.widths() == TINY_WIDTHS[arch]
+    config = json.loads((tmp_path / "run" / "training_config.json").read_text())
+    assert config["base_model"]["prediction_type"] == ("v_prediction" if arch == "sd2" else "epsilon")
+
+
+def test_gradient_checkpointing_trains_the_same(tiny_sd1: Path, demo_data: Path, tmp_path: Path) -> None:
+    # SGD keeps weight differences proportional to gradient differences (Adam's first steps
+    # are lr * sign(g), which turns rounding noise in near-zero gradients into full steps).
+    ends, losses = {}, {}
+    for choice in ("true", "false"):
+        rec = Recorder()
+        spec = _spec(steps=2, gradient_checkpointing=choice, optimizer="SGD", learn_rate="0.1")
+        start_run(spec, tiny_sd1, demo_data, tmp_path / choice, callbacks=[rec], device=CPU)
+        ends[choice] = _tensors(tmp_path / choice / "tiny.pt")
+        losses[choice] = [e.loss for e in rec.of(StepEvent)]
+        config = json.loads((tmp_path / choice / "training_config.json").read_text())
+        assert config["runtime"]["gradient_checkpointing"] is (choice == "true")
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-5)
+    assert all(torch.allclose(ends["true"][k], ends["false"][k], atol=1e-6, rtol=1e-4) for k in ends["true"])
+    options = resolve_spec(_spec(), "sd1", TINY_WIDTHS["sd1"]).hypernetwork.options()
+    initial = Hypernetwork.new("tiny", options, seed=7).state_dict()
+    assert any((ends["true"][k] - initial[k]).abs().max() > 1e-4 for k in initial)  # it did train
+
+
+def test_use_weight_applies_the_alpha_channel(tiny_sd1: Path, tmp_path: Path) -> None:
+    data = tmp_path / "rgba"
+    data.mkdir()
+    for i in range(3):
+        alpha = Image.linear_gradient("L").resize((64, 64))  # transparent top, opaque bottom
+        image = Image.new("RGB", (64, 64), (40 * i, 120, 200))
+        image.putalpha(alpha)
+        image.save(data / f"{i}.png")
+    losses = {}
+    for use_weight in (False, True):
+        rec = Recorder()
+        start_run(
+            _spec(steps=2, use_weight=use_weight),
+            tiny_sd1,
+            data,
+            tmp_path / str(use_weight),
+            callbacks=[rec],
+            device=CPU,
+        )
+        losses[use_weight] = [e.loss for e in rec.of(StepEvent)]
+    assert losses[True] != losses[False]
