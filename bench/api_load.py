@@ -196,13 +196,15 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _round(
-    base: str, pid: int, path: str, headers: dict[str, str], total: int
-) -> tuple[float, list[float], float]:
-    """One measured round: (requests per second, latencies, server CPU ms per request)."""
-    cpu = _cpu_seconds(pid)
+Round = tuple[float, list[float], float, float]
+
+
+def _round(base: str, pid: int, path: str, headers: dict[str, str], total: int) -> Round:
+    """One measured round: (requests/s, latencies, server and client CPU ms per request)."""
+    cpu, own = _cpu_seconds(pid), time.process_time()
     rps, latencies = asyncio.run(_load(base, path, headers, total))
-    return rps, latencies, (_cpu_seconds(pid) - cpu) * 1000 / total
+    server_ms = (_cpu_seconds(pid) - cpu) * 1000 / total
+    return rps, latencies, server_ms, (time.process_time() - own) * 1000 / total
 
 
 def _p99_ms(latencies: list[float]) -> float:
@@ -230,12 +232,12 @@ def measure_load(url: str, requests: int, rounds: int) -> dict[str, Any]:
             auth = {"Authorization": f"Bearer {key}"}
             for base, headers in ((api_base, auth), (bare_base, {})):  # warm-up: imports, pools, caches
                 asyncio.run(_load(base, path, headers, 500))
-            results: dict[str, list[tuple[float, list[float], float]]] = {"api": [], "bare": []}
+            results: dict[str, list[Round]] = {"api": [], "bare": []}
             for _ in range(rounds):
                 results["bare"].append(_round(bare_base, bare_pid, path, {}, requests))
                 results["api"].append(_round(api_base, api_pid, path, auth, requests))
-    api_rps, api_lat, api_cpu = max(results["api"], key=lambda r: r[0])
-    bare_rps, bare_lat, bare_cpu = max(results["bare"], key=lambda r: r[0])
+    api_rps, api_lat, api_cpu, client_cpu = max(results["api"], key=lambda r: r[0])
+    bare_rps, bare_lat, bare_cpu, _ = max(results["bare"], key=lambda r: r[0])
     return {
         "throughput_ratio": round(api_rps / bare_rps, 3),
         "p99_ms": _p99_ms(api_lat),
@@ -246,6 +248,8 @@ def measure_load(url: str, requests: int, rounds: int) -> dict[str, Any]:
         # Server CPU per request: the contention-independent cost (the machine may be shared).
         "api_cpu_ms_per_request": round(api_cpu, 3),
         "bare_cpu_ms_per_request": round(bare_cpu, 3),
+        "client_cpu_ms_per_request": round(client_cpu, 3),
+        "cpu_ratio": round(bare_cpu / api_cpu, 3),
         "requests_per_round": requests,
         "rounds": rounds,
     }
@@ -292,23 +296,21 @@ def measure_upload(url: str, upload_bytes: int) -> dict[str, Any]:
         small = Path(tmp) / "small.zip"
         write_dataset_zip(small, 1)
         env = {"HYPERFORGE_DATABASE_URL": url, "HYPERFORGE_DATA_DIR": str(Path(tmp) / "data")}
-        with server(["api.app:create_app", "--factory"], env) as (base, pid):
-            with httpx.Client(base_url=base, headers=auth, timeout=1800) as client:
-                with small.open("rb") as fh:  # warm-up: the whole upload path once, small
-                    warm = client.post(
-                        "/v1/datasets", files={"archive": ("small.zip", fh, "application/zip")}
-                    )
-                assert warm.status_code == 201, warm.text
-                before = _vm(pid, "VmHWM")
-                began = time.perf_counter()
-                with archive.open("rb") as fh:
-                    response = client.post(
-                        "/v1/datasets", files={"archive": ("big.zip", fh, "application/zip")}
-                    )
-                seconds = time.perf_counter() - began
-                assert response.status_code == 201, response.text[:500]
-                after = _vm(pid, "VmHWM")
-                accepted = response.json()["report"]["accepted"]
+        with (
+            server(["api.app:create_app", "--factory"], env) as (base, pid),
+            httpx.Client(base_url=base, headers=auth, timeout=1800) as client,
+        ):
+            with small.open("rb") as fh:  # warm-up: the whole upload path once, small
+                warm = client.post("/v1/datasets", files={"archive": ("small.zip", fh, "application/zip")})
+            assert warm.status_code == 201, warm.text
+            before = _vm(pid, "VmHWM")
+            began = time.perf_counter()
+            with archive.open("rb") as fh:
+                response = client.post("/v1/datasets", files={"archive": ("big.zip", fh, "application/zip")})
+            seconds = time.perf_counter() - began
+            assert response.status_code == 201, response.text[:500]
+            after = _vm(pid, "VmHWM")
+            accepted = response.json()["report"]["accepted"]
         archive_bytes = archive.stat().st_size
     return {
         "upload_rss_growth_mb": round((after - before) / 2**20, 1),

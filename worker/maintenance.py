@@ -24,7 +24,8 @@ from celery import Celery
 from api.db.engine import Database
 from api.services.outbox import JOB_ENQUEUE, WEBHOOK_DELIVER, drain_outbox
 from api.settings import Settings, get_settings
-from worker.celery_app import DEFAULT_QUEUE, DELIVER_WEBHOOK_TASK, RUN_JOB_TASK, TRAINING_QUEUE, make_celery
+from api.webhooks.delivery import deliver_due
+from worker.celery_app import RUN_JOB_TASK, TRAINING_QUEUE, make_celery
 from worker.lease import heartbeat_interval
 from worker.reconciler import reconcile_once, redis_enqueued_job_ids, task_id_for
 
@@ -36,6 +37,7 @@ DISPATCH_INTERVAL_S = 0.05
 # inspected get a longer interval, since every re-publish there is a duplicate message.
 STALE_QUEUED_S = 10.0
 UNINSPECTABLE_STALE_QUEUED_S = 120.0
+WEBHOOK_SWEEP_S = 2.0
 
 
 def publish_run(app: Celery, job_id: str) -> None:
@@ -45,7 +47,7 @@ def publish_run(app: Celery, job_id: str) -> None:
     )
 
 
-def broker_inspector(app: Celery) -> Callable[[], set[str] | None]:
+def broker_inspector(app: Celery, max_unacked_age: float = STALE_QUEUED_S) -> Callable[[], set[str] | None]:
     """A function listing job ids the broker holds (Redis), or returning None (unknown: other brokers)."""
     url = str(app.conf.broker_url)
     if not url.startswith(("redis://", "rediss://")):
@@ -53,7 +55,7 @@ def broker_inspector(app: Celery) -> Callable[[], set[str] | None]:
     import redis
 
     client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-    return lambda: redis_enqueued_job_ids(client, [TRAINING_QUEUE])
+    return lambda: redis_enqueued_job_ids(client, [TRAINING_QUEUE], max_unacked_age=max_unacked_age)
 
 
 def dispatch_outbox(db: Database, publish: Callable[[str, dict[str, Any]], None]) -> int:
@@ -62,18 +64,43 @@ def dispatch_outbox(db: Database, publish: Callable[[str, dict[str, Any]], None]
         return drain_outbox(session, publish)
 
 
-def outbox_publisher(app: Celery) -> Callable[[str, dict[str, Any]], None]:
-    """The ``publish(topic, payload)`` the outbox drain calls: turns topics into Celery tasks."""
+def outbox_publisher(app: Celery, webhooks_due: threading.Event) -> Callable[[str, dict[str, Any]], None]:
+    """The ``publish(topic, payload)`` the outbox drain calls.
+
+    ``job.enqueue`` becomes a Celery task on the training queue. ``webhook.deliver`` wakes this
+    process's webhook sender at once (rather than a task on the default queue, which a worker
+    busy training for hours would not get to).
+    """
 
     def publish(topic: str, payload: dict[str, Any]) -> None:
         if topic == JOB_ENQUEUE:
             publish_run(app, str(payload["job_id"]))
         elif topic == WEBHOOK_DELIVER:
-            app.send_task(DELIVER_WEBHOOK_TASK, args=[str(payload["event_id"])], queue=DEFAULT_QUEUE)
+            webhooks_due.set()
         else:
             log.warning("outbox topic %r has no publisher; dropped", topic)
 
     return publish
+
+
+class WebhookSender(threading.Thread):
+    """Sends due webhook deliveries every ``WEBHOOK_SWEEP_S`` and whenever woken (retries included)."""
+
+    def __init__(
+        self, db: Database, settings: Settings, wake: threading.Event, stop: threading.Event
+    ) -> None:
+        super().__init__(name="webhook-sender", daemon=True)
+        self.db, self.settings, self.wake, self.stop = db, settings, wake, stop
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.wake.wait(WEBHOOK_SWEEP_S)
+            self.wake.clear()
+            try:
+                while not self.stop.is_set() and deliver_due(self.db.session, settings=self.settings):
+                    pass  # a full batch went out: there may be more due
+            except Exception as exc:
+                log.warning("webhook delivery sweep failed (%s)", exc)
 
 
 class MaintenanceLoop:
@@ -95,7 +122,9 @@ class MaintenanceLoop:
         self.db = db or Database.from_url(settings.effective_database_url, pool_size=2, max_overflow=2)
         self.reconcile_interval = heartbeat_interval(settings.lease_seconds)
         self._stop = threading.Event()
-        self._publish_outbox = outbox_publisher(self.app)
+        self._webhooks_due = threading.Event()
+        self._publish_outbox = outbox_publisher(self.app, self._webhooks_due)
+        self._sender = WebhookSender(self.db, settings, self._webhooks_due, self._stop) if dispatch else None
         self._in_broker = broker_inspector(self.app)
         inspectable = str(self.app.conf.broker_url).startswith(("redis://", "rediss://"))
         self.stale_after = STALE_QUEUED_S if inspectable else UNINSPECTABLE_STALE_QUEUED_S
@@ -103,10 +132,13 @@ class MaintenanceLoop:
     def stop(self) -> None:
         """End the loop after the current pass."""
         self._stop.set()
+        self._webhooks_due.set()
 
     def run(self) -> None:
         """Loop until ``stop``; errors are logged and the next pass tries again."""
         next_reconcile = 0.0
+        if self._sender is not None:
+            self._sender.start()
         while not self._stop.is_set():
             busy = False
             if self.dispatch:

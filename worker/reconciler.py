@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -116,8 +117,14 @@ def job_id_of_task(task_id: str) -> str | None:
     return job_id if sep and job_id.startswith("job_") else None
 
 
-def redis_enqueued_job_ids(client: Any, queues: Iterable[str]) -> set[str]:
-    """Job ids that have a message in the Redis broker: waiting in a queue or delivered but unacked."""
+def redis_enqueued_job_ids(client: Any, queues: Iterable[str], *, max_unacked_age: float) -> set[str]:
+    """Job ids with a live message in the Redis broker: waiting in a queue, or delivered and unacked
+    for less than ``max_unacked_age`` seconds.
+
+    An older unacked message of a job that is still queued is stuck: its worker died before
+    claiming (or released the job on shutdown), and Redis would only restore it after the visibility
+    timeout, which is set to days. Such a job counts as missing and is re-published.
+    """
     found: set[str] = set()
 
     def _job_of(raw: bytes | str) -> str | None:
@@ -134,10 +141,12 @@ def redis_enqueued_job_ids(client: Any, queues: Iterable[str]) -> set[str]:
             job = _job_of(raw)
             if job:
                 found.add(job)
-    for raw in client.hvals("unacked"):
-        job = _job_of(raw)
-        if job:
-            found.add(job)
+    fresh = client.zrangebyscore("unacked_index", time.time() - max_unacked_age, "+inf")
+    if fresh:
+        for raw in client.hmget("unacked", fresh):
+            job = _job_of(raw) if raw is not None else None
+            if job:
+                found.add(job)
     return found
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -45,6 +47,7 @@ T = TypeVar("T")
 FINALISE_PATIENCE_S = 600.0  # how long a finished run keeps trying to reach the database
 UPLOAD_DRAIN_S = 300.0
 INTERNAL_ERROR = "internal_error"
+INTERRUPTED = "interrupted"
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ class LeasedWriter:
         self.lease = lease
         self.tenant_id = tenant_id
 
-    def _record(self, session: Any, events: list[PendingEvent]) -> None:
+    def record(self, session: Any, events: list[PendingEvent]) -> None:
         artifacts = ArtifactRepository(session)
         for event in events:
             for a in event.artifacts:
@@ -144,7 +147,7 @@ class LeasedWriter:
                 raise LeaseLostError(f"lease of {lease.job_id} attempt {lease.attempt} is gone")
             if progress is not None:
                 jobs.update_leased(lease.job_id, lease.attempt, lease.owner, progress=progress)
-            self._record(session, events)
+            self.record(session, events)
             job = jobs.get(lease.job_id)
             status = job.status if job is not None else JobStatus.RUNNING.value
             session.commit()
@@ -169,7 +172,7 @@ class LeasedWriter:
             ):
                 session.rollback()
                 raise LeaseLostError(f"lease of {lease.job_id} attempt {lease.attempt} is gone")
-            self._record(session, events or [])
+            self.record(session, events or [])
             done = jobs.finish(
                 lease.job_id,
                 lease.attempt,
@@ -359,6 +362,58 @@ class JobRun:
         self.job_id = job_id
         self.owner = owner
         self.cache = DiskCache(settings.effective_cache_dir, settings.worker_cache_max_bytes)
+        self._reporter: Reporter | None = None
+        self._interrupted = False
+
+    def interrupt(self) -> None:
+        """Stop at the next step with a checkpoint and put the job back in the queue (SIGTERM).
+
+        Celery terminates a running task this way when it loses the broker connection
+        (``worker_cancel_long_running_tasks_on_connection_loss``): the run hands the job back
+        instead of dying mid-step, and the next run resumes from the checkpoint it just saved.
+        """
+        self._interrupted = True
+        if self._reporter is not None:
+            self._reporter.request_stop(INTERRUPTED, save=True)
+
+    def _release(self, writer: LeasedWriter, reporter: Reporter, end: EndEvent) -> str:
+        """Hand an interrupted job back: ``running -> queued`` under the lease, then re-enqueue it."""
+        lease = writer.lease
+        pending = reporter.take_pending()
+
+        def release() -> bool:
+            with self.db.session() as session:
+                jobs = JobRepository(session)
+                writer.record(session, pending)
+                done = jobs.compare_and_set(
+                    lease.job_id,
+                    expect_status=[JobStatus.RUNNING.value],
+                    attempt=lease.attempt,
+                    owner=lease.owner,
+                    values={"status": JobStatus.QUEUED.value, "lease_owner": None, "lease_expires_at": None},
+                )
+                if done:
+                    data = {"status": "queued", "reason": "worker_interrupted", "step": end.step}
+                    append_event(
+                        session, job_id=lease.job_id, tenant_id=writer.tenant_id, type="job.queued", data=data
+                    )
+                    session.commit()
+                return done
+
+        if not retry_db(release, patience=60, what="handing the job back"):
+            # Not running any more (a cancel arrived meanwhile): end it as cancelled.
+            self._finish(
+                writer, reporter, "cancelled", "job.cancelled", {"status": "cancelled", "step": end.step}
+            )
+            return "cancelled"
+        try:
+            from worker.celery_app import app
+            from worker.maintenance import publish_run
+
+            publish_run(app, self.job_id)
+        except Exception as exc:  # the broker is away: the reconciler re-publishes the queued job
+            log.warning("could not re-enqueue %s (%s); the reconciler will", self.job_id, exc)
+        return INTERRUPTED
 
     @property
     def store(self) -> ObjectStore:
@@ -398,6 +453,9 @@ class JobRun:
         )
         if facts.cancel_requested:
             reporter.request_stop("cancelled", save=facts.cancel_save_checkpoint)
+        self._reporter = reporter
+        if self._interrupted:
+            reporter.request_stop(INTERRUPTED, save=True)
         keeper.start()
         try:
             return self._run(facts, resume, spec, run_dir, writer, uploader, reporter, keeper)
@@ -460,6 +518,8 @@ class JobRun:
         if reporter.lease_lost or keeper.lost:
             return "lease_lost"
         request = reporter.stop_request
+        if end.stopped and request is not None and request.reason == INTERRUPTED:
+            return self._release(writer, reporter, end)
         if end.stopped and request is not None and request.reason == "cancelled":
             self._finish(
                 writer, reporter, "cancelled", "job.cancelled", {"status": "cancelled", "step": end.step}
@@ -632,10 +692,26 @@ def _write_safetensors(pt: Path, target: Path) -> None:
 
 
 def run_job(job_id: str) -> str:
-    """Run one delivery of ``job_id`` in this process (the Celery task calls this)."""
+    """Run one delivery of ``job_id`` in this process (the Celery task calls this).
+
+    SIGTERM (Celery cancelling the task, a pool shutdown) makes the run stop at the next step with
+    a checkpoint and hand the job back; a second SIGTERM exits at once.
+    """
     settings = get_settings()
     db = Database.from_url(db_url_for_worker(settings.effective_database_url), pool_size=3, max_overflow=2)
+    job_run = JobRun(settings, db, lambda: build_store(settings), job_id, worker_identity())
+    in_main = threading.current_thread() is threading.main_thread()
+
+    def on_sigterm(_signum: int, _frame: object) -> None:
+        if job_run._interrupted:
+            raise SystemExit(143)
+        log.warning("SIGTERM: %s stops at its next step and goes back to the queue", job_id)
+        job_run.interrupt()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main else None
     try:
-        return JobRun(settings, db, lambda: build_store(settings), job_id, worker_identity()).run()
+        return job_run.run()
     finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
         db.dispose()

@@ -11,7 +11,7 @@ from typing import Any
 
 from celery.signals import worker_init
 
-from worker.celery_app import RUN_JOB_TASK, app
+from worker.celery_app import DELIVER_WEBHOOK_TASK, RUN_JOB_TASK, app
 
 log = logging.getLogger(__name__)
 
@@ -33,3 +33,18 @@ def run_job(job_id: str) -> str:
     outcome = run(job_id)
     log.info("job %s: %s", job_id, outcome)
     return outcome
+
+
+@app.task(name=DELIVER_WEBHOOK_TASK, ignore_result=True)
+def deliver_webhooks(event_id: str | None = None) -> int:
+    """Send every due webhook delivery (for a dedicated ``--queues default`` worker); returns how many."""
+    from api.db.engine import Database
+    from api.settings import get_settings
+    from api.webhooks.delivery import deliver_due
+
+    settings = get_settings()
+    db = Database.from_url(settings.effective_database_url, pool_size=1, max_overflow=1)
+    try:
+        return len(deliver_due(db.session, settings=settings))
+    finally:
+        db.dispose()

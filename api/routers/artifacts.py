@@ -18,7 +18,9 @@ from api.services import artifacts as service
 router = APIRouter(tags=["artifacts"], responses=problems(401))
 
 
-async def artifact_id_path(artifact_id: Annotated[str, Path(description="The artifact's id (`art_...`).")]) -> str:
+async def artifact_id_path(
+    artifact_id: Annotated[str, Path(description="The artifact's id (`art_...`).")],
+) -> str:
     """An artifact id from the path; a string that cannot be one is a plain 404."""
     if not is_valid_id(artifact_id, Prefix.ARTIFACT):
         raise NotFoundProblem(f"no artifact {artifact_id}")

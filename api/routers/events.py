@@ -57,9 +57,12 @@ async def job_events(
     """The job's events after `after`, oldest first; `Accept: text/event-stream` streams them live."""
     resume = service.parse_last_event_id(last_event_id)
     start = max(after or 0, resume or 0)
-    # The tenant check (404) and the first page run before any byte of a stream is sent.
-    page = await run_in_threadpool(_page, database, tenant.tenant_id, job_id, start, limit)
-    if SSE_MEDIA_TYPE not in request.headers.get("accept", ""):
+    streaming = SSE_MEDIA_TYPE in request.headers.get("accept", "")
+    # Also the tenant check (404), done before any byte of a stream is sent.
+    page = await run_in_threadpool(
+        _page, database, tenant.tenant_id, job_id, start, 1 if streaming else limit
+    )
+    if not streaming:
         return page
     stream = service.stream_events(database.session, job_id=job_id, after=start)
     return StreamingResponse(

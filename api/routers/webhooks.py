@@ -25,7 +25,9 @@ Limit = Annotated[int, Query(ge=1, le=100, description="Page size.")]
 After = Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page.")]
 
 
-async def endpoint_id_path(endpoint_id: Annotated[str, Path(description="The endpoint's id (`whe_...`).")]) -> str:
+async def endpoint_id_path(
+    endpoint_id: Annotated[str, Path(description="The endpoint's id (`whe_...`).")],
+) -> str:
     """An endpoint id from the path; a string that cannot be one is a plain 404."""
     if not is_valid_id(endpoint_id, Prefix.WEBHOOK_ENDPOINT):
         raise NotFoundProblem(f"no webhook endpoint {endpoint_id}")

@@ -7,6 +7,7 @@ the same job delivered twice runs once.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 from pathlib import Path
@@ -48,6 +49,10 @@ def test_submit_stream_succeed_download_and_load(
     assert sorted(a["step"] for a in artifacts if a["kind"] == "checkpoint") == [6, 12]
     hn = load_pt(path)
     assert hn.step == 12 and hn.name == "inkwash"
+    # Progress is throttled: at most about one database write (and job.progress event) per second.
+    rows = [e for e in stack.events(job["id"]) if e.type == "job.progress"]
+    gaps = [(b.created_at - a.created_at).total_seconds() for a, b in itertools.pairwise(rows)]
+    assert gaps and min(gaps) >= 0.8, gaps
 
 
 def test_a_failing_job_reports_a_stable_error_code(

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import signal
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
@@ -171,3 +173,30 @@ def test_postgres_outage_past_the_lease_nothing_is_finalised_without_it(stack: S
     resumed_at = types.index("job.resumed")
     assert types[queued_at + 1 : resumed_at] == []
     assert len(stack.artifacts(job_id, kind="hypernetwork")) == 1
+
+
+def _pool_child(worker_pid: int) -> int:
+    """The Celery pool process running the job (the worker's child that is not the maintenance loop)."""
+    for child in Path(f"/proc/{worker_pid}/task/{worker_pid}/children").read_text().split():
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"worker.maintenance" not in cmdline:
+            return int(child)
+    raise AssertionError("no pool child")
+
+
+def test_sigterm_hands_the_job_back_with_a_checkpoint_and_it_resumes(stack: Stack) -> None:
+    """What Celery does on broker connection loss (SIGTERM to the running task's process): the run
+    stops at its next step, saves, re-queues the job, and the next run resumes from that step."""
+    proc = stack.start_worker()
+    job_id = stack.submit(stack.spec(steps=30, save_every=0, name="interrupted"))
+    stack.wait_step(job_id, 3, timeout=180)
+    os.kill(_pool_child(proc.pid), signal.SIGTERM)
+    stack.wait_event(job_id, "job.resumed", timeout=120)
+    handed_back = next(e for e in stack.events(job_id) if e.data.get("reason") == "worker_interrupted")
+    saved = _checkpoint_steps(stack, job_id)
+    assert saved and saved[0] == handed_back.data["step"] >= 3
+    job = stack.wait_status(job_id, {"succeeded", "failed"}, timeout=240)
+    assert job.status == "succeeded" and job.attempt == 2
+    assert job.resumed_from_step == handed_back.data["step"]
+    assert len(stack.artifacts(job_id, kind="hypernetwork")) == 1
+    stack.stop_workers()

@@ -1,0 +1,174 @@
+"""Training throughput with the worker's reporter attached vs core alone, on the same run.
+
+The same tiny-model run (same spec and seed) is trained alternately with only a timing callback
+(core alone) and with the timing callback plus the real ``Reporter`` (progress flushes to Postgres
+under a lease, checkpoint uploads to a filesystem store, a lease heartbeat). Throughput is steps per
+second between the first and the last step; the ratio is the median over rounds.
+Ends by printing ``{"reporter_throughput_ratio": ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from api.db.engine import Database  # noqa: E402
+from api.db.migrate import upgrade  # noqa: E402
+from api.db.models import Dataset, Job  # noqa: E402
+from api.db.repositories.base_models import BaseModelRepository  # noqa: E402
+from api.db.repositories.datasets import DatasetRepository  # noqa: E402
+from api.db.repositories.jobs import JobRepository  # noqa: E402
+from api.db.repositories.tenants import TenantRepository  # noqa: E402
+from api.storage import FilesystemObjectStore  # noqa: E402
+from core.data.demo import write_demo_dataset  # noqa: E402
+from core.models.tiny import make_tiny_model  # noqa: E402
+from core.spec import parse_spec  # noqa: E402
+from core.training.callbacks import Callback, Control, StepEvent  # noqa: E402
+from core.training.run import start_run  # noqa: E402
+from worker.lease import JobLease, LeaseKeeper  # noqa: E402
+from worker.reporter import Reporter  # noqa: E402
+from worker.runner import LeasedWriter  # noqa: E402
+from worker.uploads import Uploader  # noqa: E402
+
+STEPS = int(os.environ.get("BENCH_STEPS", "120"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "4"))
+DATABASE_URL = os.environ.get(
+    "HYPERFORGE_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+BENCH_DB = "hf_bench_reporter"
+
+
+class Timing(Callback):
+    """Wall time from the end of step 1 to the end of the last step."""
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+        self.last: float | None = None
+        self.steps = 0
+
+    def on_step(self, event: StepEvent, control: Control) -> None:
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+        self.last, self.steps = now, event.step
+
+    def rate(self) -> float:
+        assert self.first is not None and self.last is not None
+        return (self.steps - 1) / (self.last - self.first)
+
+
+def _database() -> tuple[Database, str]:
+    admin = DATABASE_URL.replace("+psycopg", "").rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
+    url = DATABASE_URL.rsplit("/", 1)[0] + "/" + BENCH_DB
+    upgrade(url)
+    return Database.from_url(url), admin
+
+
+def _leased_job(db: Database, model_dir: Path, spec: dict[str, object]) -> tuple[JobLease, str]:
+    with db.session() as s:
+        tenant = TenantRepository(s).add("bench")
+        model = BaseModelRepository(s).add(
+            name="tiny", arch="sd1", format="diffusers", uri=str(model_dir), sha256_short=None
+        )
+        ds = DatasetRepository(s).add(
+            Dataset(tenant_id=tenant.id, name="d", status="ready", storage_prefix=f"tenants/{tenant.id}/d/")
+        )
+        job = JobRepository(s).add(
+            Job(
+                tenant_id=tenant.id,
+                name="bench",
+                dataset_id=ds.id,
+                base_model_id=model.id,
+                spec=spec,
+                progress={},
+            )
+        )
+        attempt = JobRepository(s).claim(job.id, "bench-worker", 3600)
+        assert attempt is not None
+        s.commit()
+        return JobLease(job.id, "bench-worker", attempt, 3600), tenant.id
+
+
+def main() -> int:
+    """Alternate core-alone and reporter runs; print the median throughput ratio."""
+    tmp = Path(tempfile.mkdtemp(prefix="hf-bench-reporter-"))
+    model_dir = make_tiny_model(tmp / "model")
+    write_demo_dataset(tmp / "data", count=8, size=64)
+    spec_data = {
+        "name": "bench",
+        "training": {"learn_rate": "1e-4", "steps": STEPS, "width": 64, "height": 64, "seed": 3},
+        "checkpoints": {"save_every": 25, "save_optimizer_state": True},
+        "samples": {
+            "every": 0,
+            "prompts": [{"prompt": "a circle", "steps": 1, "width": 64, "height": 64}],
+            "strengths": [1.0],
+        },
+    }
+    spec = parse_spec(spec_data)
+    db, admin = _database()
+    store = FilesystemObjectStore(tmp / "objects")
+    ratios, alone_rates, reporter_rates = [], [], []
+    try:
+        for r in range(ROUNDS):
+            alone = Timing()
+            if r % 2 == 0:  # alternate the order so load drifting over time favours neither side
+                start_run(spec, model_dir, tmp / "data", tmp / f"alone-{r}", callbacks=[alone])
+            lease, tenant_id = _leased_job(db, model_dir, spec_data)
+            uploader = Uploader(store, tenant_id, lease.job_id)
+            reporter = Reporter(
+                LeasedWriter(db, lease, tenant_id), uploader, total_steps=STEPS, samples_per_step=1
+            )
+            keeper = LeaseKeeper(
+                db, lease, on_lost=lambda: None, on_cancel=lambda _s: None, interval=2.0
+            ).start()
+            timed = Timing()
+            reporter.start()
+            try:
+                start_run(spec, model_dir, tmp / "data", tmp / f"reporter-{r}", callbacks=[timed, reporter])
+            finally:
+                reporter.close()
+                uploader.drain(60)
+                uploader.close()
+                keeper.stop()
+            if r % 2 == 1:
+                start_run(spec, model_dir, tmp / "data", tmp / f"alone-{r}", callbacks=[alone])
+            alone_rates.append(alone.rate())
+            reporter_rates.append(timed.rate())
+            ratios.append(timed.rate() / alone.rate())
+            print(
+                f"round {r}: core alone {alone.rate():.2f} steps/s, with reporter {timed.rate():.2f} steps/s",
+                flush=True,
+            )
+    finally:
+        db.dispose()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
+    print(
+        json.dumps(
+            {
+                "reporter_throughput_ratio": round(statistics.median(ratios), 4),
+                "core_steps_per_second": round(statistics.median(alone_rates), 3),
+                "reporter_steps_per_second": round(statistics.median(reporter_rates), 3),
+                "steps": STEPS,
+                "rounds": ROUNDS,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
