@@ -3,6 +3,10 @@
 The app factory puts the settings, the ``Database``, the object store and the key cache on
 ``app.state``; these read them from there, so a test can build an app around its own database
 and store without patching anything.
+
+FastAPI runs a plain ``def`` dependency in the threadpool, a hop that costs more than reading an
+attribute; so the getters, and the key check when the verified-key cache answers, are ``async``
+and never block. Only work that does I/O (a session, a key lookup on a cache miss) goes to a thread.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.db.engine import Database
 from api.errors import ForbiddenProblem, UnauthorizedProblem
 from api.security import Principal, PrincipalCache, admin_token_matches
-from api.services.tenants import authenticate
+from api.services.tenants import authenticate, authenticate_cached
 from api.settings import Settings
 from api.storage import ObjectStore
 
@@ -33,19 +38,27 @@ admin_scheme = HTTPBearer(
 )
 
 
-def get_settings(request: Request) -> Settings:
-    """The app's settings."""
+def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_database(request: Request) -> Database:
-    """The app's database (engine + session factory)."""
+def _database(request: Request) -> Database:
     database: Database = request.app.state.database
     return database
 
 
-def get_store(request: Request) -> ObjectStore:
+async def get_settings(request: Request) -> Settings:
+    """The app's settings."""
+    return _settings(request)
+
+
+async def get_database(request: Request) -> Database:
+    """The app's database (engine + session factory)."""
+    return _database(request)
+
+
+async def get_store(request: Request) -> ObjectStore:
     """The app's object store."""
     store: ObjectStore = request.app.state.store
     return store
@@ -53,31 +66,43 @@ def get_store(request: Request) -> ObjectStore:
 
 def get_session(request: Request) -> Iterator[Session]:
     """A session for the request; services commit, anything uncommitted is rolled back at the end."""
-    with get_database(request).session() as session:
+    with _database(request).session() as session:
         yield session
 
 
-def get_principal(
+def _authenticate(
+    database: Database, settings: Settings, raw_key: str, cache: PrincipalCache
+) -> Principal | None:
+    # A short session of its own: the request's session must not hold a connection through a long upload.
+    with database.session() as session:
+        return authenticate(session, settings, raw_key, cache)
+
+
+async def get_principal(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
 ) -> Principal:
     """The tenant the request's API key belongs to; 401 problem otherwise."""
     if credentials is None:
         raise UnauthorizedProblem("send 'Authorization: Bearer <api key>'", code="missing_api_key")
     cache: PrincipalCache = request.app.state.key_cache
-    # A short session of its own: the request's session must not hold a connection through a long upload.
-    with get_database(request).session() as session:
-        principal = authenticate(session, get_settings(request), credentials.credentials, cache)
+    settings = _settings(request)
+    # A key verified in the last few seconds is answered here; only a miss reads the database.
+    principal = authenticate_cached(settings, credentials.credentials, cache)
+    if principal is None:
+        principal = await run_in_threadpool(
+            _authenticate, _database(request), settings, credentials.credentials, cache
+        )
     if principal is None:
         raise UnauthorizedProblem("the API key is not valid or was revoked", code="invalid_api_key")
     request.state.tenant_id = principal.tenant_id
     return principal
 
 
-def require_admin(
+async def require_admin(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(admin_scheme)]
 ) -> None:
     """Let only holders of the admin token through; 403 when no token is configured."""
-    expected = get_settings(request).admin_token
+    expected = _settings(request).admin_token
     if expected is None:
         raise ForbiddenProblem(
             "admin routes are disabled (HYPERFORGE_ADMIN_TOKEN is not set)", code="admin_disabled"

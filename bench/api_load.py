@@ -18,7 +18,6 @@ Run: ``.venv/bin/python bench/api_load.py [--requests N] [--upload-mib M]``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import json
 import os
@@ -36,12 +35,24 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _http_load import run_load
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DB = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 CONCURRENCY = 32
 POOL_SIZE = 10  # the app's default database_pool_size; the bare app gets the same
-UVICORN_FLAGS = ["--host", "127.0.0.1", "--workers", "1", "--no-access-log", "--log-level", "warning"]
+# Both servers: the same flags (uvloop and httptools named, not left to "auto"), the same --workers.
+UVICORN_FLAGS = [
+    "--host",
+    "127.0.0.1",
+    "--loop",
+    "uvloop",
+    "--http",
+    "httptools",
+    "--no-access-log",
+    "--log-level",
+    "warning",
+]
 
 
 # -- the bare baseline app (imported by uvicorn in its own process) ---------------------------------
@@ -144,10 +155,14 @@ def seed(url: str) -> tuple[str, str]:
 
 
 @contextmanager
-def server(target: list[str], env: dict[str, str]) -> Iterator[tuple[str, int]]:
-    """A uvicorn subprocess serving ``target``; yields (base URL, pid) once it answers."""
+def server(target: list[str], env: dict[str, str], workers: int = 1) -> Iterator[tuple[str, int, int]]:
+    """A uvicorn subprocess serving ``target``; yields (base URL, port, pid) once it answers.
+
+    With ``workers > 1`` the pid is uvicorn's supervisor and the workers are its children.
+    """
     port = _free_port()
-    cmd = [sys.executable, "-m", "uvicorn", *target, "--port", str(port), *UVICORN_FLAGS]
+    flags = [*UVICORN_FLAGS, "--workers", str(workers)]
+    cmd = [sys.executable, "-m", "uvicorn", *target, "--port", str(port), *flags]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env})
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -160,7 +175,7 @@ def server(target: list[str], env: dict[str, str]) -> Iterator[tuple[str, int]]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{target} did not start") from None
                 time.sleep(0.1)  # waiting for a child process to bind its port
-        yield base, proc.pid
+        yield base, port, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -169,49 +184,35 @@ def server(target: list[str], env: dict[str, str]) -> Iterator[tuple[str, int]]:
 # -- load ---------------------------------------------------------------------------------------------
 
 
-async def _load(base: str, path: str, headers: dict[str, str], total: int) -> tuple[float, list[float]]:
-    """``total`` GETs over CONCURRENCY connections; (requests per second, latencies in seconds)."""
-    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
-    latencies: list[float] = []
-    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=30) as client:
-        remaining = iter(range(total))
-
-        async def worker() -> None:
-            for _ in remaining:
-                start = time.perf_counter()
-                response = await client.get(path)
-                latencies.append(time.perf_counter() - start)
-                if response.status_code != 200:
-                    raise RuntimeError(f"{path}: {response.status_code} {response.text[:200]}")
-
-        began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-        elapsed = time.perf_counter() - began
-    return total / elapsed, latencies
-
-
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its children (uvicorn's workers), from ``/proc``."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # fields[1]: the parent's pid
+        except OSError:  # a process that exited meanwhile
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 Round = tuple[float, list[float], float, float]
 
 
-def _round(base: str, pid: int, path: str, headers: dict[str, str], total: int) -> Round:
+def _round(port: int, pid: int, path: str, headers: dict[str, str], total: int) -> Round:
     """One measured round: (requests/s, latencies, server and client CPU ms per request)."""
     cpu, own = _cpu_seconds(pid), time.process_time()
-    rps, latencies = asyncio.run(_load(base, path, headers, total))
+    result = run_load("127.0.0.1", port, path, headers, total=total, concurrency=CONCURRENCY)
     server_ms = (_cpu_seconds(pid) - cpu) * 1000 / total
-    return rps, latencies, server_ms, (time.process_time() - own) * 1000 / total
+    return result.rps, result.latencies, server_ms, (time.process_time() - own) * 1000 / total
 
 
 def _p99_ms(latencies: list[float]) -> float:
     return round(statistics.quantiles(latencies, n=100)[98] * 1000, 2)
 
 
-def measure_load(url: str, requests: int, rounds: int) -> dict[str, Any]:
+def measure_load(url: str, requests: int, rounds: int, workers: int) -> dict[str, Any]:
     """Throughput of the app's GET /v1/jobs/{id} against the bare route, best round of each."""
     key, job_id = seed(url)
     path = f"/v1/jobs/{job_id}"
@@ -222,20 +223,18 @@ def measure_load(url: str, requests: int, rounds: int) -> dict[str, Any]:
             "HYPERFORGE_DATABASE_POOL_SIZE": str(POOL_SIZE),
         }
         bare_env = {"BENCH_DATABASE_URL": url, "PYTHONPATH": str(ROOT / "bench")}
+        bare_target = ["api_load:bare_app", "--factory", "--app-dir", str(ROOT / "bench")]
         with (
-            server(["api.app:create_app", "--factory"], api_env) as (api_base, api_pid),
-            server(["api_load:bare_app", "--factory", "--app-dir", str(ROOT / "bench")], bare_env) as (
-                bare_base,
-                bare_pid,
-            ),
+            server(["api.app:create_app", "--factory"], api_env, workers) as (_, api_port, api_pid),
+            server(bare_target, bare_env, workers) as (_, bare_port, bare_pid),
         ):
             auth = {"Authorization": f"Bearer {key}"}
-            for base, headers in ((api_base, auth), (bare_base, {})):  # warm-up: imports, pools, caches
-                asyncio.run(_load(base, path, headers, 500))
+            for port, headers in ((api_port, auth), (bare_port, {})):  # warm-up: imports, pools, caches
+                run_load("127.0.0.1", port, path, headers, total=1000, concurrency=CONCURRENCY)
             results: dict[str, list[Round]] = {"api": [], "bare": []}
             for _ in range(rounds):
-                results["bare"].append(_round(bare_base, bare_pid, path, {}, requests))
-                results["api"].append(_round(api_base, api_pid, path, auth, requests))
+                results["bare"].append(_round(bare_port, bare_pid, path, {}, requests))
+                results["api"].append(_round(api_port, api_pid, path, auth, requests))
     api_rps, api_lat, api_cpu, client_cpu = max(results["api"], key=lambda r: r[0])
     bare_rps, bare_lat, bare_cpu, _ = max(results["bare"], key=lambda r: r[0])
     return {
@@ -252,6 +251,7 @@ def measure_load(url: str, requests: int, rounds: int) -> dict[str, Any]:
         "cpu_ratio": round(bare_cpu / api_cpu, 3),
         "requests_per_round": requests,
         "rounds": rounds,
+        "workers": workers,
     }
 
 
@@ -297,7 +297,7 @@ def measure_upload(url: str, upload_bytes: int) -> dict[str, Any]:
         write_dataset_zip(small, 1)
         env = {"HYPERFORGE_DATABASE_URL": url, "HYPERFORGE_DATA_DIR": str(Path(tmp) / "data")}
         with (
-            server(["api.app:create_app", "--factory"], env) as (base, pid),
+            server(["api.app:create_app", "--factory"], env) as (base, _, pid),
             httpx.Client(base_url=base, headers=auth, timeout=1800) as client,
         ):
             with small.open("rb") as fh:  # warm-up: the whole upload path once, small
@@ -327,12 +327,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=4000, help="requests per round and target")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--upload-mib", type=int, default=1024)
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of both servers")
+    parser.add_argument("--upload-mib", type=int, default=1024, help="0 skips the upload measurement")
     args = parser.parse_args()
     base = os.environ.get("HYPERFORGE_BENCH_DATABASE_URL", DEFAULT_DB)
     with bench_database(base) as url:
-        result = measure_load(url, args.requests, args.rounds)
-        result.update(measure_upload(url, args.upload_mib * 2**20))
+        result = measure_load(url, args.requests, args.rounds, args.workers)
+        if args.upload_mib > 0:
+            result.update(measure_upload(url, args.upload_mib * 2**20))
     print(json.dumps(result))
 
 

@@ -44,7 +44,9 @@ DATABASE_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("HYPERFORGE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")
 BENCH_DB = "hf_bench_dispatch"
-IDLE_SETTLE_S = 2.0  # after a job ends, let the worker fork its next pool child (warm and idle)
+IDLE_SETTLE_S = float(
+    os.environ.get("BENCH_IDLE_S", "5")
+)  # after a job ends, let the worker fork its next pool child (warm and idle)
 
 
 def _free_port() -> int:
@@ -140,7 +142,10 @@ def main() -> int:
                     "job.started",
                 )[0]
                 at = datetime.fromisoformat(started["created_at"].replace("Z", "+00:00"))
+                queued = client.events(job["id"])[0]
+                committed = datetime.fromisoformat(queued["created_at"].replace("Z", "+00:00"))
                 ms = (at - sent).total_seconds() * 1000
+                api_ms = (committed - sent).total_seconds() * 1000
                 _wait(
                     lambda job_id=job["id"]: client.get_job(job_id)["status"] in ("succeeded", "failed"),
                     120,
@@ -148,7 +153,7 @@ def main() -> int:
                 )
                 if i:
                     latencies.append(ms)
-                    print(f"sample {i}: {ms:.1f} ms", flush=True)
+                    print(f"sample {i}: {ms:.1f} ms (API commit after {api_ms:.1f} ms)", flush=True)
     finally:
         for p in procs:
             os.killpg(p.pid, signal.SIGTERM)

@@ -14,6 +14,7 @@ slows them alike; medians are reported. Ends with one JSON line:
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import statistics
@@ -36,6 +37,11 @@ REPEATS = 5
 
 def main() -> None:
     """Build the UNet and network, time forward / step / checkpointed step interleaved, print JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # on a shared machine 1 thread avoids stalls at every sync
     torch.manual_seed(0)
     config = json.loads((CONFIG_ROOT / "sd15" / "unet" / "config.json").read_text(encoding="utf-8"))
     unet = UNet2DConditionModel.from_config(config).eval().requires_grad_(False)

@@ -13,7 +13,15 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    JsonValue,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
@@ -215,7 +223,7 @@ class TrainingSpec:
     checkpoints: CheckpointsSection = Field(default_factory=CheckpointsSection)
     samples: SamplesSection = Field(default_factory=SamplesSection)
     end_user_id: str | None = Field(default=None, max_length=200)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -243,6 +251,7 @@ _CODES: dict[str, str] = {
     "missing": "missing",
     "missing_argument": "missing",
     "literal_error": "invalid_choice",
+    "invalid-json-value": "invalid_type",
 }
 _RANGE_TYPES = ("greater_than", "less_than", "too_short", "too_long", "multiple_of", "string_too")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_process_init
 
 from worker.celery_app import DELIVER_WEBHOOK_TASK, RUN_JOB_TASK, app
 
@@ -20,9 +20,20 @@ log = logging.getLogger(__name__)
 def _preload(**_kwargs: Any) -> None:
     """Import the runner (torch, diffusers) once in the parent so forked children start warm.
 
-    Importing torch does not initialise CUDA; each job's child does that after the fork.
+    Importing torch does not initialise CUDA; each job's child does that after the fork. The
+    database engine is warmed up here too (its connections are dropped before any fork).
     """
-    import worker.runner  # noqa: F401
+    from worker.runner import warm_up_parent
+
+    warm_up_parent()
+
+
+@worker_process_init.connect
+def _child_start(**_kwargs: Any) -> None:
+    """Each pool process opens its own database connection before its job arrives."""
+    from worker.runner import warm_up_child
+
+    warm_up_child()
 
 
 @app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import anyio
+import anyio.to_thread
+_LIM = anyio.CapacityLimiter(int(os.environ.get('XLIM', '40')))
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, status
@@ -163,14 +167,15 @@ def list_jobs(
 
 def _job_json(database: Database, tenant_id: str, job_id: str) -> bytes:
     with database.session() as session:
-        return service.get_job(session, tenant_id, job_id).model_dump_json().encode()
+        return service.get_job_json(session, tenant_id, job_id)
 
 
 @router.get("/{job_id}", summary="Get a job", response_model=Job, responses=problems(404))
 async def get_job(job_id: JobId, tenant: TenantDep, database: DatabaseDep) -> Response:
     """One job with its progress."""
-    # The route clients poll: one worker-thread hop for session and read, serialised once.
-    body = await run_in_threadpool(_job_json, database, tenant.tenant_id, job_id)
+    # The route clients poll: its dependencies are async (the key cache answers without a thread),
+    # so session, read and serialisation are its only worker-thread hop.
+    body = await anyio.to_thread.run_sync(_job_json, database, tenant.tenant_id, job_id, limiter=_LIM)
     return Response(body, media_type="application/json")
 
 

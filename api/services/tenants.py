@@ -74,6 +74,13 @@ def revoke_api_key(session: Session, key_id: str) -> bool:
     return changed
 
 
+def authenticate_cached(settings: Settings, raw_key: str, cache: PrincipalCache) -> Principal | None:
+    """The principal of a key verified within the cache's ttl, or None (then call ``authenticate``)."""
+    if not looks_like_api_key(raw_key):
+        return None
+    return cache.get(hash_key(raw_key, _pepper(settings)))
+
+
 def authenticate(
     session: Session, settings: Settings, raw_key: str, cache: PrincipalCache | None = None
 ) -> Principal | None:

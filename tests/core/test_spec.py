@@ -125,6 +125,7 @@ def test_specs_are_frozen() -> None:
         ),
         ({"samples": {"prompts": [{"prompt": "a", "steps": 0}]}}, "/samples/prompts/0/steps", "out_of_range"),
         ({"metadata": []}, "/metadata", "invalid_type"),
+        ({"metadata": {"a": {1, 2}}}, "/metadata/a", "invalid_type"),
         ({"hypernetwork": {"layer_structure": [2, 2, 1]}}, "/hypernetwork/layer_structure", "invalid_option"),
         ({"hypernetwork": {"layer_structure": [1, 0, 1]}}, "/hypernetwork/layer_structure", "invalid_option"),
         ({"hypernetwork": {"activation_func": "gelu"}}, "/hypernetwork/activation_func", "invalid_option"),

@@ -124,3 +124,30 @@ def test_callbacks_can_only_ask() -> None:
     assert cbs.control.stop_requested and cbs.control.stop_reason == "enough"
     with pytest.raises(AttributeError):
         StepEvent(1, 1, 0, 0, 0.1, 1e-5, 0.0).step = 3  # type: ignore[misc]
+
+
+def test_latent_sampling_methods(tiny_sd1: Path, tmp_path: Path) -> None:
+    from core.data.dataset import DatasetOptions, TrainingDataset
+    from core.data.demo import write_demo_dataset
+    from core.models.loading import load_base_model
+    from core.training.latents import encode_latents
+
+    write_demo_dataset(tmp_path, count=2)
+    model = load_base_model(tiny_sd1)
+    dataset = TrainingDataset.from_path(tmp_path, DatasetOptions(width=64, height=64, flip=True))
+    cpu = torch.device("cpu")
+
+    def cache(method: str):  # type: ignore[no-untyped-def]
+        return encode_latents(model, dataset, method, torch.Generator().manual_seed(0), cpu)
+
+    mean, once, rand = cache("deterministic"), cache("once"), cache("random")
+    assert len(mean.means) == 4 and mean.means[0].shape == (4, 8, 8)  # 2 images + 2 mirrors, 64 px / 8
+    assert not torch.equal(mean.means[0], mean.means[1])  # the mirror has its own latent
+    assert torch.equal(cache("once").means[0], once.means[0]) and not torch.equal(
+        once.means[0], mean.means[0]
+    )
+    gen = torch.Generator().manual_seed(1)
+    first, _ = rand.batch([0], gen)
+    second, _ = rand.batch([0], gen)
+    assert not torch.equal(first, second)  # "random" draws anew each use
+    assert torch.equal(mean.batch([0], gen)[0], mean.batch([0], gen)[0])

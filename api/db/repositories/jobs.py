@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeAlias
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Row, and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from api.db.enums import LIVE_JOB_STATUSES, JobStatus
@@ -29,6 +29,32 @@ from api.db.repositories.base import (
 from api.db.types import utcnow
 
 _LEASED = (JobStatus.RUNNING.value, JobStatus.CANCELLING.value)
+
+# A ``read_for_tenant`` row: the job object's columns, read by ``Job``'s attribute names.
+JobRow: TypeAlias = Row[*tuple[Any, ...]]
+_JOBS = Job.__table__
+_READ_COLUMNS = (
+    "id",
+    "name",
+    "status",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "dataset_id",
+    "base_model_id",
+    "spec",
+    "resolved_spec",
+    "progress",
+    "attempt",
+    "resumed_from_step",
+    "error_code",
+    "error_message",
+    "end_user_id",
+)
+# Table columns rather than ORM attributes: the session runs it as plain Core (cheaper per call).
+_READ_STMT = select(*(_JOBS.c[name] for name in _READ_COLUMNS), _JOBS.c["metadata"].label("metadata_")).where(
+    _JOBS.c.id == bindparam("job_id"), _JOBS.c.tenant_id == bindparam("tenant_id")
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +90,14 @@ class JobRepository:
         if for_update and is_postgres(self.session):
             stmt = stmt.with_for_update()
         return self.session.scalars(stmt.execution_options(populate_existing=for_update)).first()
+
+    def read_for_tenant(self, tenant_id: str, job_id: str) -> JobRow | None:
+        """The columns of the API's job object for the tenant's job, or None; a Core select.
+
+        The route clients poll: no ORM entity or identity map, only the columns the object shows,
+        under ``Job``'s attribute names (``base_model_id``, ``metadata_``).
+        """
+        return self.session.execute(_READ_STMT, {"job_id": job_id, "tenant_id": tenant_id}).first()
 
     def list_page(
         self,
