@@ -7,6 +7,7 @@ id is stable. Clients must treat ids as opaque strings.
 
 from __future__ import annotations
 
+import random
 import re
 import secrets
 import time
@@ -44,11 +45,25 @@ def _encode(value: int, length: int) -> str:
     return "".join(reversed(chars))
 
 
+def _ulid(prefix: Prefix | str, ms: int, random_bits: int) -> str:
+    value = ((ms & ((1 << 48) - 1)) << 80) | random_bits
+    return f"{prefix}_{_encode(value, _BODY_LEN)}"
+
+
 def new_id(prefix: Prefix | str, *, now_ms: int | None = None) -> str:
     """A fresh id with ``prefix`` (e.g. ``new_id(Prefix.DATASET)``)."""
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    value = ((ms & ((1 << 48) - 1)) << 80) | secrets.randbits(80)
-    return f"{prefix}_{_encode(value, _BODY_LEN)}"
+    return _ulid(prefix, ms, secrets.randbits(80))
+
+
+def new_request_id() -> str:
+    """A fresh ``req_`` id for a request that brought none, from the ``random`` module's generator.
+
+    A request id only has to be unique, not unguessable, and ``secrets`` reads ``os.urandom``: a
+    system call that releases the GIL, so on the event loop, once per request, it would hand the
+    interpreter to a busy worker thread and wait to get it back. ``random`` reseeds after a fork.
+    """
+    return _ulid(Prefix.REQUEST, int(time.time() * 1000), random.getrandbits(80))
 
 
 def is_valid_id(value: str, prefix: Prefix | str) -> bool:

@@ -36,7 +36,7 @@ class HypernetworkAttnProcessor:
     same width's modules, hence the same (k_in, v_in): within a forward (between
     ``begin_forward`` and ``end_forward``) the pair is computed once and reused, which
     saves 15 of SD1.5's 16 text-width MLP passes. Not under gradient checkpointing,
-    whose recomputation must redo every operation.
+    whose recomputation must redo every operation, nor while dropout is active.
     """
 
     def __init__(self, stack: list[Hypernetwork]) -> None:
@@ -174,7 +174,11 @@ class Attachment:
             self._attached = True
 
     def _begin(self, module: nn.Module, args: Any) -> None:
-        self.processor.begin_forward(reuse_text_context=not self._target.is_gradient_checkpointing)
+        # Active dropout draws a fresh mask in every layer (as A1111 does), so the
+        # layers' (k_in, v_in) differ and must not be shared.
+        dropout_active = any(hn.training and hn.options.use_dropout for hn in self.processor.stack)
+        reuse = not self._target.is_gradient_checkpointing and not dropout_active
+        self.processor.begin_forward(reuse_text_context=reuse)
 
     def _end(self, module: nn.Module, args: Any, output: Any) -> None:
         self.processor.end_forward()

@@ -211,3 +211,37 @@ def test_gradients_equal_with_gradient_checkpointing(tiny_sd1: Path) -> None:
     for plain, checkpointed in zip(*grads, strict=True):
         assert plain is not None and checkpointed is not None
         torch.testing.assert_close(plain, checkpointed)
+
+
+def _text_module_calls(model: BaseModel, network: Hypernetwork) -> int:
+    """How many times the text-width k module runs in one UNet forward."""
+    text_width = model.unet.config.cross_attention_dim
+    pair = network.modules_for(text_width)
+    assert pair is not None
+    calls = 0
+
+    def count(module: nn.Module, args: object, output: object) -> None:
+        nonlocal calls
+        calls += 1
+
+    handle = pair[0].register_forward_hook(count)
+    try:
+        with attach(model.unet, [network]), torch.no_grad():
+            _forward(model)
+    finally:
+        handle.remove()
+    return calls
+
+
+def test_text_context_is_shared_across_layers_unless_dropout_is_active(models: dict[str, BaseModel]) -> None:
+    """Eval (or no dropout): one text-width pass per forward; training dropout: one per layer."""
+    model = models["sd1"]
+    cross_layers = sum(1 for name in model.unet.attn_processors if name.endswith("attn2.processor"))
+    plain = _network(TINY_WIDTHS["sd1"]).train()
+    assert _text_module_calls(model, plain) == 1
+    options = HypernetworkOptions.create(
+        layer_structure=(1, 2, 2, 1), use_dropout=True, enable_sizes=TINY_WIDTHS["sd1"]
+    )
+    dropout = Hypernetwork.new("hn", options, seed=0)
+    assert _text_module_calls(model, dropout.eval()) == 1
+    assert _text_module_calls(model, dropout.train()) == cross_layers > 1

@@ -8,8 +8,10 @@ the same job delivered twice runs once.
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,29 @@ def test_the_same_job_delivered_twice_runs_once(stack: Stack, worker: subprocess
     assert [e.type for e in events].count("job.succeeded") == 1
     assert stack.job(job_id).attempt == 1
     assert len(stack.artifacts(job_id, kind="hypernetwork")) == 1
+
+
+def test_jobs_cli_submit_watch_status_download(
+    stack: Stack, worker: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    """``hyperforge jobs submit --watch``, ``status`` and ``download`` drive the same API."""
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(stack.spec(steps=4, save_every=0, name="cli")))
+    base = [sys.executable, "-m", "core.cli", "jobs"]
+    auth = ["--url", stack.api_url, "--api-key", stack.api_key]
+    submitted = subprocess.run(
+        [*base, "submit", str(spec_file), "--watch", *auth], capture_output=True, text=True, timeout=300
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout[: submitted.stdout.rindex("}") + 1])["id"]
+    status = subprocess.run([*base, "status", job_id, *auth], capture_output=True, text=True, timeout=60)
+    assert json.loads(status.stdout)["status"] == "succeeded"
+    out = tmp_path / "download"
+    got = subprocess.run(
+        [*base, "download", job_id, "--kind", "hypernetwork", "--out", str(out), *auth],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert got.returncode == 0, got.stderr
+    assert load_pt(out / "cli.pt").step == 4
