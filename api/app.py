@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
@@ -83,6 +84,11 @@ def create_app(
     app.state.broker = broker
     app.state.registry = registry
     app.state.key_cache = PrincipalCache(settings.auth_cache_seconds)
+    # GET /v1/jobs/{id}, the route clients poll, reads on at most as many threads as the pool
+    # keeps connections (anyio's default allows 40): a poll then never waits in a thread for a
+    # connection or opens an overflow one (a Postgres backend started and closed again), and
+    # fewer threads contend for the GIL with the event loop. Waiters are served in order.
+    app.state.poll_limiter = anyio.CapacityLimiter(settings.database_pool_size)
     install_problem_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

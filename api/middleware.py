@@ -20,10 +20,11 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import REQUEST_ID_HEADER, PayloadTooLargeProblem, problem_response
-from api.ids import Prefix, new_id
+from api.ids import new_request_id
 from api.metrics import HttpMetrics
 
 _REQUEST_ID_RE: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID_KEY: Final = REQUEST_ID_HEADER.lower().encode("latin-1")  # ASGI header names are lower-case
 access_logger = logging.getLogger("api.access")
 
 # Fields of a LogRecord that are not "extra" data.
@@ -63,6 +64,15 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = True) -> None:
     root.setLevel(level.upper())
 
 
+def _incoming_request_id(scope: Scope) -> str | None:
+    """The client's ``X-Request-Id`` when it is a sane token, else None (one pass over raw headers)."""
+    for name, value in scope["headers"]:
+        if name == _REQUEST_ID_KEY:
+            text = value.decode("latin-1")
+            return text if _REQUEST_ID_RE.match(text) else None
+    return None
+
+
 def _route_template(scope: Scope) -> str:
     """``/v1/datasets/{dataset_id}`` rather than the concrete path (bounded label values)."""
     route = scope.get("route")
@@ -82,8 +92,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = Headers(scope=scope).get(REQUEST_ID_HEADER.lower(), "")
-        request_id = incoming if _REQUEST_ID_RE.match(incoming) else new_id(Prefix.REQUEST)
+        request_id = _incoming_request_id(scope) or new_request_id()
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         started = time.perf_counter()
@@ -104,22 +113,29 @@ class RequestContextMiddleware:
             route = _route_template(scope)
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
             self.metrics.latency.labels(scope["method"], route).observe(elapsed)
-            access_logger.info(
-                "%s %s %s",
-                scope["method"],
-                scope["path"],
-                status,
-                extra={
-                    "request_id": request_id,
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                    "tenant_id": state.get("tenant_id"),
-                    "client": (scope.get("client") or ("", 0))[0],
-                },
-            )
+            if access_logger.isEnabledFor(logging.INFO):  # spare building the record when it is off
+                self._log(scope, state, request_id, route, status, elapsed)
+
+    @staticmethod
+    def _log(
+        scope: Scope, state: dict[str, Any], request_id: str, route: str, status: int, elapsed: float
+    ) -> None:
+        access_logger.info(
+            "%s %s %s",
+            scope["method"],
+            scope["path"],
+            status,
+            extra={
+                "request_id": request_id,
+                "method": scope["method"],
+                "path": scope["path"],
+                "route": route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+                "tenant_id": state.get("tenant_id"),
+                "client": (scope.get("client") or ("", 0))[0],
+            },
+        )
 
 
 class BodyLimitMiddleware:

@@ -1,18 +1,24 @@
 """API load and upload memory benchmark (issue 6).
 
 1. ``GET /v1/jobs/{id}`` under 32 concurrent keep-alive connections against the real app on
-   Postgres, side by side with a bare FastAPI route doing one primary-key select on the same
-   database, both served by uvicorn in subprocesses on loopback with the same settings (one
-   process, same flags, same pool size). A fixed number of requests per round; rounds alternate
-   bare/api so drift hits both; the best round of each counts.
+   Postgres (run as ``hyperforge serve`` runs it: JSON access log on), side by side with a bare
+   FastAPI route doing one primary-key select on the same database, both served by uvicorn in
+   subprocesses on loopback with the same flags (uvloop, httptools, ``--workers``, default 2, one
+   per core) and the same pool size. The load comes from ``_http_load``, a raw-socket HTTP/1.1
+   client that costs a few hundredths of a millisecond per request, so on two cores it does not
+   starve the servers it measures (httpx cost more per request than the route itself). A fixed
+   number of requests per round; rounds alternate bare/api so drift hits both; the best round of
+   each counts. Server CPU per request (workers included) is reported too: unlike throughput and
+   latency it barely depends on what else the machine is running.
 2. A 1 GiB dataset upload (a zip of generated, incompressible PNGs with captions, written to a
-   temporary file first and streamed by the client) to a fresh API process; its peak RSS
+   temporary file first and streamed by the client) to a fresh one-process API; its peak RSS
    (``VmHWM``) growth over its warmed-up peak is reported.
 
 Ends by printing one JSON line: ``throughput_ratio``, ``p99_ms``, ``upload_rss_growth_mb`` (and
-the raw numbers). Targets on the 2-core development machine: ratio >= 0.6, p99 <= 50 ms,
-growth <= 64 MiB. Postgres comes from ``HYPERFORGE_BENCH_DATABASE_URL`` (default: this machine's).
-Run: ``.venv/bin/python bench/api_load.py [--requests N] [--upload-mib M]``.
+the raw numbers, with the load average before and after). Targets on the 2-core development
+machine: ratio >= 0.6, p99 <= 50 ms, growth <= 64 MiB. Postgres comes from
+``HYPERFORGE_BENCH_DATABASE_URL`` (default: this machine's).
+Run: ``.venv/bin/python bench/api_load.py [--requests N] [--rounds R] [--workers W] [--upload-mib M]``.
 """
 
 from __future__ import annotations
@@ -55,7 +61,21 @@ UVICORN_FLAGS = [
 ]
 
 
-# -- the bare baseline app (imported by uvicorn in its own process) ---------------------------------
+# -- the two apps (each imported by uvicorn in its own process) ----------------------------------------
+
+
+def served_app() -> Any:
+    """The API as ``hyperforge serve`` runs it: JSON logging set up from the settings, then the app.
+
+    So the measured route pays for its access log line (written to the server's log file).
+    """
+    from api.app import create_app
+    from api.middleware import configure_logging
+    from api.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    return create_app(settings)
 
 
 def bare_app() -> Any:
@@ -154,31 +174,39 @@ def seed(url: str) -> tuple[str, str]:
     return key, job_id
 
 
+API_TARGET = ["api_load:served_app", "--factory", "--app-dir", str(ROOT / "bench")]
+BARE_TARGET = ["api_load:bare_app", "--factory", "--app-dir", str(ROOT / "bench")]
+
+
 @contextmanager
 def server(target: list[str], env: dict[str, str], workers: int = 1) -> Iterator[tuple[str, int, int]]:
     """A uvicorn subprocess serving ``target``; yields (base URL, port, pid) once it answers.
 
-    With ``workers > 1`` the pid is uvicorn's supervisor and the workers are its children.
+    Its stderr (the API's JSON log lines) goes to a file, shown when it fails to start. With
+    ``workers > 1`` the pid is uvicorn's supervisor and the workers are its children.
     """
     port = _free_port()
     flags = [*UVICORN_FLAGS, "--workers", str(workers)]
     cmd = [sys.executable, "-m", "uvicorn", *target, "--port", str(port), *flags]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env})
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
-    try:
-        while True:
-            try:
-                httpx.get(base + "/docs", timeout=1)
-                break
-            except httpx.TransportError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{target} did not start") from None
-                time.sleep(0.1)  # waiting for a child process to bind its port
-        yield base, port, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stderr=log)
+        try:
+            while True:
+                try:
+                    httpx.get(base + "/docs", timeout=1)
+                    break
+                except httpx.TransportError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        log.seek(0)
+                        tail = log.read()[-4000:].decode(errors="replace")
+                        raise RuntimeError(f"{target} did not start:\n{tail}") from None
+                    time.sleep(0.1)  # waiting for a child process to bind its port
+            yield base, port, proc.pid
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
 
 
 # -- load ---------------------------------------------------------------------------------------------
@@ -222,11 +250,10 @@ def measure_load(url: str, requests: int, rounds: int, workers: int) -> dict[str
             "HYPERFORGE_DATA_DIR": data_dir,
             "HYPERFORGE_DATABASE_POOL_SIZE": str(POOL_SIZE),
         }
-        bare_env = {"BENCH_DATABASE_URL": url, "PYTHONPATH": str(ROOT / "bench")}
-        bare_target = ["api_load:bare_app", "--factory", "--app-dir", str(ROOT / "bench")]
+        bare_env = {"BENCH_DATABASE_URL": url}
         with (
-            server(["api.app:create_app", "--factory"], api_env, workers) as (_, api_port, api_pid),
-            server(bare_target, bare_env, workers) as (_, bare_port, bare_pid),
+            server(API_TARGET, api_env, workers) as (_, api_port, api_pid),
+            server(BARE_TARGET, bare_env, workers) as (_, bare_port, bare_pid),
         ):
             auth = {"Authorization": f"Bearer {key}"}
             for port, headers in ((api_port, auth), (bare_port, {})):  # warm-up: imports, pools, caches
@@ -249,6 +276,9 @@ def measure_load(url: str, requests: int, rounds: int, workers: int) -> dict[str
         "bare_cpu_ms_per_request": round(bare_cpu, 3),
         "client_cpu_ms_per_request": round(client_cpu, 3),
         "cpu_ratio": round(bare_cpu / api_cpu, 3),
+        # Every round's p99, to show how much the machine's other load moved it.
+        "api_p99_ms_rounds": [_p99_ms(r[1]) for r in results["api"]],
+        "bare_p99_ms_rounds": [_p99_ms(r[1]) for r in results["bare"]],
         "requests_per_round": requests,
         "rounds": rounds,
         "workers": workers,
@@ -297,7 +327,7 @@ def measure_upload(url: str, upload_bytes: int) -> dict[str, Any]:
         write_dataset_zip(small, 1)
         env = {"HYPERFORGE_DATABASE_URL": url, "HYPERFORGE_DATA_DIR": str(Path(tmp) / "data")}
         with (
-            server(["api.app:create_app", "--factory"], env) as (base, _, pid),
+            server(API_TARGET, env) as (base, _, pid),
             httpx.Client(base_url=base, headers=auth, timeout=1800) as client,
         ):
             with small.open("rb") as fh:  # warm-up: the whole upload path once, small
@@ -327,12 +357,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=4000, help="requests per round and target")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of both servers")
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn workers of both servers")
     parser.add_argument("--upload-mib", type=int, default=1024, help="0 skips the upload measurement")
     args = parser.parse_args()
     base = os.environ.get("HYPERFORGE_BENCH_DATABASE_URL", DEFAULT_DB)
+    load_before = os.getloadavg()[0]
     with bench_database(base) as url:
         result = measure_load(url, args.requests, args.rounds, args.workers)
+        result["loadavg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         if args.upload_mib > 0:
             result.update(measure_upload(url, args.upload_mib * 2**20))
     print(json.dumps(result))

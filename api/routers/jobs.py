@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import anyio
-import anyio.to_thread
-_LIM = anyio.CapacityLimiter(int(os.environ.get('XLIM', '40')))
 from typing import Annotated, Any
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, status
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from api.db.engine import Database
 from api.deps import DatabaseDep, SessionDep, SettingsDep, TenantDep
@@ -171,11 +168,13 @@ def _job_json(database: Database, tenant_id: str, job_id: str) -> bytes:
 
 
 @router.get("/{job_id}", summary="Get a job", response_model=Job, responses=problems(404))
-async def get_job(job_id: JobId, tenant: TenantDep, database: DatabaseDep) -> Response:
+async def get_job(job_id: JobId, tenant: TenantDep, database: DatabaseDep, request: Request) -> Response:
     """One job with its progress."""
     # The route clients poll: its dependencies are async (the key cache answers without a thread),
-    # so session, read and serialisation are its only worker-thread hop.
-    body = await anyio.to_thread.run_sync(_job_json, database, tenant.tenant_id, job_id, limiter=_LIM)
+    # so session, read and serialisation are its one worker-thread hop, through the app's poll
+    # limiter (as many threads as pooled connections, served in order; see create_app).
+    limiter: anyio.CapacityLimiter = request.app.state.poll_limiter
+    body = await anyio.to_thread.run_sync(_job_json, database, tenant.tenant_id, job_id, limiter=limiter)
     return Response(body, media_type="application/json")
 
 
