@@ -106,9 +106,9 @@ def _serve(args: argparse.Namespace) -> int:
     from api.settings import get_settings
 
     settings = get_settings()
-    configure_logging(settings.log_level, json_lines=settings.log_json)
+    configure_logging(settings.log_level, json_lines=settings.log_json)  # this process's (uvicorn's own)
     uvicorn.run(
-        "api.app:create_app",
+        "api.app:create_served_app",  # sets up logging again in each server process
         factory=True,
         host=args.host,
         port=args.port,

@@ -11,6 +11,7 @@ and never block. Only work that does I/O (a session, a key lookup on a cache mis
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -78,6 +79,32 @@ def _authenticate(
         return authenticate(session, settings, raw_key, cache)
 
 
+async def _verify(
+    request: Request, settings: Settings, raw_key: str, cache: PrincipalCache
+) -> Principal | None:
+    """Check a key the cache did not answer for against the database, one lookup per key at a time.
+
+    When a cached key expires, every request carrying it misses at once; without the per-key lock
+    each would take a thread and a pooled connection (opening overflow ones) for the same answer.
+    Those behind the first find the key cached when they get the lock. With the cache off
+    (``ttl == 0``) requests look up in parallel, as nothing would be shared.
+    """
+    database = _database(request)
+    if cache.ttl <= 0:
+        return await run_in_threadpool(_authenticate, database, settings, raw_key, cache)
+    locks: dict[str, asyncio.Lock] = request.app.state.key_lookups
+    lock = locks.setdefault(raw_key, asyncio.Lock())
+    try:
+        async with lock:
+            principal = authenticate_cached(settings, raw_key, cache)
+            if principal is None:
+                principal = await run_in_threadpool(_authenticate, database, settings, raw_key, cache)
+            return principal
+    finally:
+        if not lock.locked() and locks.get(raw_key) is lock:
+            del locks[raw_key]  # bounded by the lookups in flight, whatever keys clients send
+
+
 async def get_principal(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
 ) -> Principal:
@@ -89,9 +116,7 @@ async def get_principal(
     # A key verified in the last few seconds is answered here; only a miss reads the database.
     principal = authenticate_cached(settings, credentials.credentials, cache)
     if principal is None:
-        principal = await run_in_threadpool(
-            _authenticate, _database(request), settings, credentials.credentials, cache
-        )
+        principal = await _verify(request, settings, credentials.credentials, cache)
     if principal is None:
         raise UnauthorizedProblem("the API key is not valid or was revoked", code="invalid_api_key")
     request.state.tenant_id = principal.tenant_id

@@ -1,7 +1,8 @@
 """API load and upload memory benchmark (issue 6).
 
 1. ``GET /v1/jobs/{id}`` under 32 concurrent keep-alive connections against the real app on
-   Postgres (run as ``hyperforge serve`` runs it: JSON access log on), side by side with a bare
+   Postgres (``create_served_app``, as ``hyperforge serve`` runs it: JSON access log on, start-up
+   heap frozen out of the cyclic GC's full collections), side by side with a bare
    FastAPI route doing one primary-key select on the same database, both served by uvicorn in
    subprocesses on loopback with the same flags (uvloop, httptools, ``--workers``, default 2, one
    per core) and the same pool size. The load comes from ``_http_load``, a raw-socket HTTP/1.1
@@ -61,21 +62,7 @@ UVICORN_FLAGS = [
 ]
 
 
-# -- the two apps (each imported by uvicorn in its own process) ----------------------------------------
-
-
-def served_app() -> Any:
-    """The API as ``hyperforge serve`` runs it: JSON logging set up from the settings, then the app.
-
-    So the measured route pays for its access log line (written to the server's log file).
-    """
-    from api.app import create_app
-    from api.middleware import configure_logging
-    from api.settings import get_settings
-
-    settings = get_settings()
-    configure_logging(settings.log_level, json_lines=settings.log_json)
-    return create_app(settings)
+# -- the bare baseline app (imported by uvicorn in its own process) ---------------------------------
 
 
 def bare_app() -> Any:
@@ -174,7 +161,7 @@ def seed(url: str) -> tuple[str, str]:
     return key, job_id
 
 
-API_TARGET = ["api_load:served_app", "--factory", "--app-dir", str(ROOT / "bench")]
+API_TARGET = ["api.app:create_served_app", "--factory"]  # as ``hyperforge serve`` runs it
 BARE_TARGET = ["api_load:bare_app", "--factory", "--app-dir", str(ROOT / "bench")]
 
 
@@ -256,8 +243,11 @@ def measure_load(url: str, requests: int, rounds: int, workers: int) -> dict[str
             server(BARE_TARGET, bare_env, workers) as (_, bare_port, bare_pid),
         ):
             auth = {"Authorization": f"Bearer {key}"}
-            for port, headers in ((api_port, auth), (bare_port, {})):  # warm-up: imports, pools, caches
-                run_load("127.0.0.1", port, path, headers, total=1000, concurrency=CONCURRENCY)
+            # Warm-up: imports, caches and pools. Several batches of fresh connections, as uvicorn's
+            # workers split each batch differently and each worker's pool grows to what it gets.
+            for port, headers in ((api_port, auth), (bare_port, {})):
+                for _ in range(4):
+                    run_load("127.0.0.1", port, path, headers, total=500, concurrency=CONCURRENCY)
             results: dict[str, list[Round]] = {"api": [], "bare": []}
             for _ in range(rounds):
                 results["bare"].append(_round(bare_port, bare_pid, path, {}, requests))

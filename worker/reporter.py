@@ -66,7 +66,7 @@ class ReportSink(Protocol):
 class StopRequest:
     """Why the reporter wants the loop to stop."""
 
-    reason: str  # "cancelled" | "lease_lost"
+    reason: str  # "cancelled" | "lease_lost" | "interrupted"
     save: bool
 
 
@@ -232,8 +232,7 @@ class Reporter(Callback):
         if moved:
             assert progress is not None
             to_write.append(PendingEvent("job.progress", progress))
-        if not to_write and self.state is not None and not moved:
-            to_write = []  # still flush: the write reads the row back (cancellation)
+        # Even with nothing new, the write renews the lease and reads the row back (cancellation).
         try:
             state = self.sink.flush(progress if moved else None, to_write)
         except LeaseLostError:

@@ -148,9 +148,9 @@ class LeasedWriter:
             if progress is not None:
                 jobs.update_leased(lease.job_id, lease.attempt, lease.owner, progress=progress)
             self.record(session, events)
-            job = jobs.get(lease.job_id)
-            status = job.status if job is not None else JobStatus.RUNNING.value
             session.commit()
+        # A cancel sets ``cancel_requested`` with ``cancelling``; the renewal read it back already.
+        status = JobStatus.CANCELLING.value if held.cancel_requested else JobStatus.RUNNING.value
         return JobState(status, held.cancel_requested, held.cancel_save_checkpoint)
 
     def finish(

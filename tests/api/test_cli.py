@@ -1,7 +1,12 @@
-"""``hyperforge migrate``, ``admin create-tenant`` and ``admin add-model`` against a local SQLite database."""
+"""``hyperforge migrate``, ``admin create-tenant`` and ``admin add-model`` against a local SQLite database;
+the app ``hyperforge serve`` runs in each server process."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +70,20 @@ def test_add_model(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
         assert (model.format, model.uri) == ("single_file", str(weights.resolve()))
     finally:
         database.dispose()
+
+
+def test_served_app_logs_json_lines_and_freezes_its_start_up_heap(data_dir: Path) -> None:
+    """In a process of its own: ``gc.freeze`` is process-wide, and each uvicorn worker is one."""
+    code = (
+        "import gc, logging\n"
+        "from api.app import create_served_app\n"
+        "app = create_served_app()\n"
+        "assert gc.get_freeze_count() > 10_000, gc.get_freeze_count()\n"
+        "assert app.state.poll_limiter.total_tokens == app.state.settings.database_pool_size\n"
+        "logging.getLogger('api.access').info('hello', extra={'request_id': 'req_1'})\n"
+    )
+    env = {**os.environ, "HYPERFORGE_LOG_LEVEL": "INFO", "HYPERFORGE_LOG_JSON": "true"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    line = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert (line["logger"], line["message"], line["request_id"]) == ("api.access", "hello", "req_1")

@@ -7,20 +7,24 @@ connection back in its usual transactional mode.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 
 import pytest
+from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.testclient import TestClient
-from sqlalchemy import delete
+from sqlalchemy import delete, event
+from starlette.requests import Request
 
 from api.app import create_app
 from api.db.engine import Database
 from api.db.models import BaseModelRecord, Dataset, Job, Tenant
 from api.db.repositories import BaseModelRepository, DatasetRepository, JobRepository
+from api.deps import get_principal
 from api.errors import NotFoundProblem
 from api.ids import Prefix, is_valid_id, new_request_id
-from api.security import PrincipalCache
+from api.security import Principal, PrincipalCache
 from api.services import jobs as service
 from api.services.tenants import authenticate, authenticate_cached, create_tenant, revoke_api_key
 from api.settings import Settings
@@ -83,7 +87,35 @@ def test_authenticate_cached_knows_only_verified_keys(api_env: ApiEnv) -> None:
         principal = authenticate(session, settings, tenant.key, cache)
     assert principal is not None and principal.tenant_id == tenant.id
     assert authenticate_cached(settings, tenant.key, cache) == principal
-    assert authenticate_cached(settings, tenant.key[:-1] + "x", cache) is None
+    wrong = tenant.key[:-1] + ("y" if tenant.key.endswith("x") else "x")  # never the key itself
+    assert authenticate_cached(settings, wrong, cache) is None
+
+
+@pytest.mark.parametrize("ttl", [60.0, 0.0])
+def test_concurrent_misses_of_one_key_share_one_lookup(local_env: ApiEnv, ttl: float) -> None:
+    """Requests arriving together with an uncached key: one database lookup (cache on), or one each."""
+    tenant = local_env.tenant()
+    settings = local_env.settings.model_copy(update={"auth_cache_seconds": ttl})
+    app = create_app(settings, database=local_env.database, store=local_env.store)
+    lookups: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "FROM api_keys" in statement:
+            lookups.append(statement)
+
+    async def many() -> list[Principal]:
+        credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=tenant.key)
+        requests = [Request({"type": "http", "app": app, "headers": [], "state": {}}) for _ in range(8)]
+        return await asyncio.gather(*(get_principal(r, credentials) for r in requests))
+
+    event.listen(local_env.database.engine, "before_cursor_execute", count)
+    try:
+        principals = asyncio.run(many())
+    finally:
+        event.remove(local_env.database.engine, "before_cursor_execute", count)
+    assert {p.tenant_id for p in principals} == {tenant.id}
+    assert len(lookups) == (1 if ttl else 8)
+    assert app.state.key_lookups == {}
 
 
 def test_request_ids_are_well_formed_and_distinct() -> None:
@@ -143,7 +175,8 @@ def test_autocommit_read_matches_the_orm_read_and_leaves_the_pool_transactional(
         with own_connection_db.session() as session, pytest.raises(NotFoundProblem):
             service.get_job_json(session, "ten_" + "0" * 26, job_id)
         with own_connection_db.engine.connect() as conn:  # the same (only) pooled connection
-            assert conn.connection.dbapi_connection.autocommit is False  # type: ignore[union-attr]
+            dbapi_connection = conn.connection.dbapi_connection
+            assert dbapi_connection is not None and dbapi_connection.autocommit is False
             assert conn.get_isolation_level() == "READ COMMITTED"
     finally:
         with own_connection_db.session() as session:
