@@ -131,7 +131,13 @@ def encode_get(host: str, port: int, path: str, headers: Mapping[str, str]) -> b
 
 
 async def _run(
-    host: str, port: int, request: bytes, total: int, concurrency: int, timeout: float
+    host: str,
+    port: int,
+    request: bytes,
+    total: int,
+    concurrency: int,
+    timeout: float,
+    connect_interval: float,
 ) -> LoadResult:
     loop = asyncio.get_running_loop()
     plan = _Plan(remaining=total, expect_status=200, done=loop.create_future())
@@ -139,6 +145,7 @@ async def _run(
     try:
         for _ in range(concurrency):
             connections.append(await loop.create_connection(lambda: _Connection(request, plan), host, port))
+            await asyncio.sleep(connect_interval)  # before the clock starts
         plan.active = len(connections)
         began = time.perf_counter()
         for _, protocol in connections:
@@ -164,14 +171,20 @@ def run_load(
     total: int,
     concurrency: int,
     timeout: float = 120.0,
+    connect_interval: float = 0.0,
 ) -> LoadResult:
-    """``total`` GETs of ``path`` over ``concurrency`` keep-alive connections, each expecting 200."""
+    """``total`` GETs of ``path`` over ``concurrency`` keep-alive connections, each expecting 200.
+
+    The connections are opened ``connect_interval`` seconds apart before the clock starts: a
+    burst of connects lands on whichever server process accepts first (uvicorn's workers share
+    one listening socket), where clients that come and go over time spread across them.
+    """
     if host not in ("127.0.0.1", "::1", "localhost"):
         raise ValueError("the load generator only targets loopback")
     request = encode_get(host, port, path, headers)
     try:
         import uvloop
     except ImportError:  # the plain asyncio loop works, it only costs the client more CPU
-        return asyncio.run(_run(host, port, request, total, concurrency, timeout))
+        return asyncio.run(_run(host, port, request, total, concurrency, timeout, connect_interval))
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_run(host, port, request, total, concurrency, timeout))
+        return runner.run(_run(host, port, request, total, concurrency, timeout, connect_interval))

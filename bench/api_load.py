@@ -47,6 +47,9 @@ from _http_load import run_load
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DB = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 CONCURRENCY = 32
+# Connections are opened this far apart (untimed), so uvicorn's workers each accept a share of them
+# as they would of clients arriving over time; a burst would mostly land on one worker.
+CONNECT_INTERVAL = 0.02
 POOL_SIZE = 10  # the app's default database_pool_size; the bare app gets the same
 # Both servers: the same flags (uvloop and httptools named, not left to "auto"), the same --workers.
 UVICORN_FLAGS = [
@@ -218,7 +221,15 @@ Round = tuple[float, list[float], float, float]
 def _round(port: int, pid: int, path: str, headers: dict[str, str], total: int) -> Round:
     """One measured round: (requests/s, latencies, server and client CPU ms per request)."""
     cpu, own = _cpu_seconds(pid), time.process_time()
-    result = run_load("127.0.0.1", port, path, headers, total=total, concurrency=CONCURRENCY)
+    result = run_load(
+        "127.0.0.1",
+        port,
+        path,
+        headers,
+        total=total,
+        concurrency=CONCURRENCY,
+        connect_interval=CONNECT_INTERVAL,
+    )
     server_ms = (_cpu_seconds(pid) - cpu) * 1000 / total
     return result.rps, result.latencies, server_ms, (time.process_time() - own) * 1000 / total
 
@@ -247,7 +258,15 @@ def measure_load(url: str, requests: int, rounds: int, workers: int) -> dict[str
             # workers split each batch differently and each worker's pool grows to what it gets.
             for port, headers in ((api_port, auth), (bare_port, {})):
                 for _ in range(4):
-                    run_load("127.0.0.1", port, path, headers, total=500, concurrency=CONCURRENCY)
+                    run_load(
+                        "127.0.0.1",
+                        port,
+                        path,
+                        headers,
+                        total=500,
+                        concurrency=CONCURRENCY,
+                        connect_interval=CONNECT_INTERVAL,
+                    )
             results: dict[str, list[Round]] = {"api": [], "bare": []}
             for _ in range(rounds):
                 results["bare"].append(_round(bare_port, bare_pid, path, {}, requests))

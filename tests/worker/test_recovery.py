@@ -40,7 +40,7 @@ def _loss_steps(stack: Stack, job_id: str, tmp_path: Path) -> list[int]:
 def test_sigkill_mid_training_resumes_from_the_last_checkpoint(stack: Stack, tmp_path: Path) -> None:
     """The killed worker's lease expires, the job resumes on a new worker and ends with one release."""
     first = stack.start_worker()
-    job_id = stack.submit(stack.spec(steps=40, save_every=10, name="crashy"))
+    job_id = stack.submit(stack.spec(steps=300, save_every=25, name="crashy"))
     wait_for(lambda: _checkpoint_steps(stack, job_id), timeout=180, what="a first uploaded checkpoint")
     stack.kill_worker(first)  # SIGKILL to the whole group: parent, pool child, maintenance
     killed_at = _checkpoint_steps(stack, job_id)[-1]
@@ -51,7 +51,7 @@ def test_sigkill_mid_training_resumes_from_the_last_checkpoint(stack: Stack, tmp
     assert job.status == "succeeded", job.error_message
     assert job.attempt == 2
     assert job.resumed_from_step is not None and job.resumed_from_step >= killed_at
-    assert job.resumed_from_step % 10 == 0
+    assert job.resumed_from_step % 25 == 0
     types = [e.type for e in stack.events(job_id)]
     assert types.count("job.resumed") == 1 and types.count("job.succeeded") == 1
     resumed = next(e for e in stack.events(job_id) if e.type == "job.resumed")
@@ -59,9 +59,9 @@ def test_sigkill_mid_training_resumes_from_the_last_checkpoint(stack: Stack, tmp
     assert len(stack.artifacts(job_id, kind="hypernetwork")) == 1
     with stack.client() as client:
         [release] = [a for a in client.artifacts(job_id) if a["kind"] == "hypernetwork"]
-        assert load_pt(client.download_artifact(release, tmp_path)).step == 40
+        assert load_pt(client.download_artifact(release, tmp_path)).step == 300
     # The resumed run kept the loss rows up to its checkpoint and redid the rest: every step once.
-    assert _loss_steps(stack, job_id, tmp_path) == list(range(1, 41))
+    assert _loss_steps(stack, job_id, tmp_path) == list(range(1, 301))
     stack.stop_workers()
 
 
@@ -127,7 +127,7 @@ def test_postgres_outage_training_continues_and_progress_catches_up(stack: Stack
     """While the database is unreachable the loop trains on (checkpoints reach S3); afterwards the job
     row catches up and the job succeeds on its first attempt."""
     proxy, _ = cut_off_worker
-    job_id = stack.submit(stack.spec(steps=50, save_every=10, name="outage"))
+    job_id = stack.submit(stack.spec(steps=300, save_every=25, name="outage"))
     stack.wait_step(job_id, 3, timeout=180)
     proxy.cut()
     at_cut = int(stack.job(job_id).progress["step"])
@@ -149,7 +149,7 @@ def test_postgres_outage_past_the_lease_nothing_is_finalised_without_it(stack: S
     """The lease expires while the worker is cut off and the job is re-queued: the old run writes
     nothing more; the re-run (attempt 2) resumes and is the only one that finalises."""
     proxy, _ = cut_off_worker
-    job_id = stack.submit(stack.spec(steps=40, save_every=10, name="fenced"))
+    job_id = stack.submit(stack.spec(steps=300, save_every=25, name="fenced"))
     wait_for(lambda: _checkpoint_steps(stack, job_id), timeout=180, what="a first uploaded checkpoint")
     proxy.cut()
     # The reconciler (here: the test's, on the direct connection) re-queues once the lease ran out.
@@ -188,7 +188,7 @@ def test_sigterm_hands_the_job_back_with_a_checkpoint_and_it_resumes(stack: Stac
     """What Celery does on broker connection loss (SIGTERM to the running task's process): the run
     stops at its next step, saves, re-queues the job, and the next run resumes from that step."""
     proc = stack.start_worker()
-    job_id = stack.submit(stack.spec(steps=30, save_every=0, name="interrupted"))
+    job_id = stack.submit(stack.spec(steps=300, save_every=0, name="interrupted"))
     stack.wait_step(job_id, 3, timeout=180)
     os.kill(_pool_child(proc.pid), signal.SIGTERM)
     stack.wait_event(job_id, "job.resumed", timeout=120)
