@@ -43,7 +43,9 @@ def tree_copy(tmp_path: Path) -> Path:
         ("worker/__init__.py", "import api.routers", "worker imports no api routers"),
     ],
 )
-def test_contracts_catch_a_broken_import(tree_copy: Path, module: str, bad_import: str, contract: str) -> None:
+def test_contracts_catch_a_broken_import(
+    tree_copy: Path, module: str, bad_import: str, contract: str
+) -> None:
     """A deliberate forbidden import makes lint-imports fail and name the contract."""
     target = tree_copy / module
     target.write_text(target.read_text() + f"\n{bad_import}  # deliberate violation\n")

@@ -77,7 +77,7 @@ def test_dockerfile_copies_what_exists_and_runs_real_commands() -> None:
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
-    cmd = re.search(r'^CMD \[(.*)\]$', DOCKERFILE, re.M)
+    cmd = re.search(r"^CMD \[(.*)\]$", DOCKERFILE, re.M)
     assert cmd is not None
     parts = [p.strip().strip('"') for p in cmd.group(1).split(",")]
     assert parts[0] == "hyperforge" and parts[1] in _subcommands()
