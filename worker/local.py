@@ -109,7 +109,7 @@ def run_local(*, port: int = 8000, host: str = "127.0.0.1", data_dir: Path = Pat
         sys.executable,
         "-m",
         "uvicorn",
-        "api.app:create_app",
+        "api.app:create_served_app",
         "--factory",
         "--host",
         host,
