@@ -81,6 +81,9 @@ def test_optimizers_by_name() -> None:
     params = [torch.nn.Parameter(torch.zeros(3))]
     assert isinstance(make_optimizer("AdamW", params, 1e-3), torch.optim.AdamW)
     assert make_optimizer("SGD", params, 0.5).param_groups[0]["lr"] == 0.5
+    # the fused single-pass update where torch has one; torch defaults otherwise
+    assert make_optimizer("AdamW", params, 1e-3).defaults["fused"] is True
+    assert "fused" not in make_optimizer("RMSprop", params, 1e-3).defaults
     for bad in ("LBFGS", "adamw", "Optimizer", "nope"):
         with pytest.raises(InvalidOptionError, match="unknown optimizer"):
             make_optimizer(bad, params, 1e-3)
