@@ -9,7 +9,6 @@ order) gives A1111's 10-digit short hash. Remote URIs (``s3://``, ``https://``) 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import struct
@@ -23,13 +22,13 @@ from api.db.models import BaseModelRecord
 from api.db.repositories import BaseModelRepository
 from api.errors import ConflictProblem, ValidationProblem
 from api.schemas.models import BaseModelList, BaseModelOut
+from core.hashing import SHORT_HASH_LEN, short_hash
 
 _REMOTE: Final = re.compile(r"^(s3|https?)://", re.IGNORECASE)
 _NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _SINGLE_FILE_SUFFIXES: Final = (".safetensors", ".ckpt", ".pt", ".bin")
 _CROSS_ATTENTION_ARCH: Final = {768: ModelArch.SD1, 1024: ModelArch.SD2, 2048: ModelArch.SDXL}
 _MAX_HEADER_BYTES: Final = 100 * 1024 * 1024
-SHORT_HASH_LEN: Final = 10
 
 
 def model_to_schema(record: BaseModelRecord) -> BaseModelOut:
@@ -88,7 +87,7 @@ def register_model(
         if format is not None and format != fmt:
             raise ValidationProblem(f"the files are a {fmt} model", code="format_mismatch", pointer="/format")
         arch = arch or _detect_arch(path, fmt)
-        short = sha256[:SHORT_HASH_LEN].lower() if sha256 else _short_hash(path)
+        short = sha256[:SHORT_HASH_LEN].lower() if sha256 else short_hash(path)
         uri = str(path.resolve())
     _check_choice(fmt, ModelFormat, "/format")
     _check_choice(arch, ModelArch, "/arch")
@@ -175,16 +174,3 @@ def _safetensors_arch(path: Path) -> str | None:
     if any(n.startswith("cond_stage_model.transformer.") for n in names):
         return ModelArch.SD1
     return None
-
-
-def _short_hash(path: Path) -> str:
-    """A1111's short hash: the first 10 hex digits of the sha256 (of a folder: of its files in name order)."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with file.open("rb") as f:
-            while chunk := f.read(1024 * 1024):
-                digest.update(chunk)
-    return digest.hexdigest()[:SHORT_HASH_LEN]

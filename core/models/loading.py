@@ -25,7 +25,7 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from core.errors import InvalidOptionError, ModelLoadError
-from core.models.hashing import short_hash
+from core.hashing import short_hash
 from core.models.single_file import UNET_PREFIX, V_PRED_MARKER, detect_arch, from_original
 from core.models.tokenizer import tokenizers_for
 

@@ -88,3 +88,17 @@ def test_registration_problems(api_env: ApiEnv, tmp_path: Path) -> None:
     assert client.post("/v1/admin/models", json=ok, headers=admin).status_code == 201
     again = client.post("/v1/admin/models", json=ok, headers=admin)
     assert again.status_code == 409 and again.json()["code"] == "model_exists"
+
+
+def test_registered_hash_is_the_one_written_into_hypernetworks(api_env: ApiEnv, tmp_path: Path) -> None:
+    """/v1/models' sha256_short equals the sd_checkpoint core records for the same model."""
+    from core.models import load_base_model, make_tiny_model
+
+    folder = make_tiny_model(tmp_path / "tiny", "sd1")
+    r = api_env.client.post(
+        "/v1/admin/models",
+        json={"name": "tiny", "uri": str(folder), "arch": "sd1"},
+        headers=api_env.admin_headers,
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["sha256_short"] == load_base_model(folder).sha256_short
