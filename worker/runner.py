@@ -7,14 +7,16 @@ the reconciler re-queues the job and the next run resumes from the latest upload
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import shutil
 import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +32,10 @@ from api.db.repositories.jobs import JobRepository
 from api.services.events import append_event
 from api.settings import Settings, get_settings
 from api.storage import ObjectStore, build_store, tenant_key
+from api.storage.s3 import S3ObjectStore
 from core.errors import HyperforgeError
 from core.spec import TrainingSpec, parse_spec
-from core.training.callbacks import CheckpointEvent, EndEvent
+from core.training.callbacks import Callback, CheckpointEvent, Control, EndEvent, StepEvent
 from core.training.checkpointing import CHECKPOINT_DIR, STATE_SUFFIX
 from core.training.run import CONFIG_NAME
 from worker.cache import DiskCache
@@ -48,6 +51,9 @@ FINALISE_PATIENCE_S = 600.0  # how long a finished run keeps trying to reach the
 UPLOAD_DRAIN_S = 300.0
 INTERNAL_ERROR = "internal_error"
 INTERRUPTED = "interrupted"
+MODEL_NOT_FOUND = "model_not_found"
+MODEL_FETCH_FAILED = "model_fetch_failed"
+MODEL_HASH_MISMATCH = "model_hash_mismatch"
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,23 @@ class LeasedWriter:
         self.db = db
         self.lease = lease
         self.tenant_id = tenant_id
+        self._pending: dict[str, Any] = {}
+        self._pending_lock = threading.Lock()
+
+    def set_later(self, **values: Any) -> None:
+        """Queue job columns (``resolved_spec`` ...) for the next lease-checked write; never blocks."""
+        with self._pending_lock:
+            self._pending.update(values)
+
+    def _take_pending(self) -> dict[str, Any]:
+        with self._pending_lock:
+            values, self._pending = self._pending, {}
+        return values
+
+    def _restore_pending(self, values: dict[str, Any]) -> None:
+        # A failed transaction wrote nothing: keep the values for the next try (newer ones win).
+        with self._pending_lock:
+            self._pending = {**values, **self._pending}
 
     def record(self, session: Any, events: list[PendingEvent]) -> None:
         artifacts = ArtifactRepository(session)
@@ -139,16 +162,24 @@ class LeasedWriter:
     def flush(self, progress: dict[str, Any] | None, events: list[PendingEvent]) -> JobState:
         """Renew the lease, write progress and append events with their artifacts; one transaction."""
         lease = self.lease
-        with self.db.session() as session:
-            jobs = JobRepository(session)
-            held = jobs.renew_lease(lease.job_id, lease.attempt, lease.owner, lease.lease_seconds)
-            if held is None:
-                session.rollback()
-                raise LeaseLostError(f"lease of {lease.job_id} attempt {lease.attempt} is gone")
-            if progress is not None:
-                jobs.update_leased(lease.job_id, lease.attempt, lease.owner, progress=progress)
-            self.record(session, events)
-            session.commit()
+        values = self._take_pending()
+        if progress is not None:
+            values["progress"] = progress
+        try:
+            with self.db.session() as session:
+                jobs = JobRepository(session)
+                held = jobs.renew_lease(lease.job_id, lease.attempt, lease.owner, lease.lease_seconds)
+                if held is None:
+                    session.rollback()
+                    raise LeaseLostError(f"lease of {lease.job_id} attempt {lease.attempt} is gone")
+                if values:
+                    jobs.update_leased(lease.job_id, lease.attempt, lease.owner, **values)
+                self.record(session, events)
+                session.commit()
+        except Exception:
+            values.pop("progress", None)
+            self._restore_pending(values)
+            raise
         # A cancel sets ``cancel_requested`` with ``cancelling``; the renewal read it back already.
         status = JobStatus.CANCELLING.value if held.cancel_requested else JobStatus.RUNNING.value
         return JobState(status, held.cancel_requested, held.cancel_save_checkpoint)
@@ -164,12 +195,29 @@ class LeasedWriter:
         error: tuple[str, str] | None = None,
     ) -> None:
         """Move the job to a final status with its last events and artifacts, only under the lease."""
+        values = self._take_pending()
+        if progress is not None:
+            values["progress"] = progress
+        try:
+            self._finish(status, event_type, data, values, events, error)
+        except Exception:
+            values.pop("progress", None)
+            self._restore_pending(values)
+            raise
+
+    def _finish(
+        self,
+        status: str,
+        event_type: str,
+        data: dict[str, Any],
+        values: dict[str, Any],
+        events: list[PendingEvent] | None,
+        error: tuple[str, str] | None,
+    ) -> None:
         lease = self.lease
         with self.db.session() as session:
             jobs = JobRepository(session)
-            if progress is not None and not jobs.update_leased(
-                lease.job_id, lease.attempt, lease.owner, progress=progress
-            ):
+            if values and not jobs.update_leased(lease.job_id, lease.attempt, lease.owner, **values):
                 session.rollback()
                 raise LeaseLostError(f"lease of {lease.job_id} attempt {lease.attempt} is gone")
             self.record(session, events or [])
@@ -286,39 +334,80 @@ def dataset_path(folder: Path) -> Path:
     return archives[0] if len(archives) == 1 else folder
 
 
+def _s3_client(settings: Settings, bucket: str) -> Any:
+    """A boto3 client configured as the object store's (endpoint, path style, retries, timeouts)."""
+    secret = settings.s3_secret_access_key
+    return S3ObjectStore(
+        bucket=bucket,
+        region=settings.s3_region,
+        endpoint_url=settings.s3_endpoint_url,
+        access_key_id=settings.s3_access_key_id,
+        secret_access_key=secret.get_secret_value() if secret else None,
+        force_path_style=settings.s3_force_path_style,
+    ).client
+
+
+def _fetch_s3_model(uri: str, into: Path, settings: Settings) -> None:
+    """``s3://bucket/key`` (one checkpoint file) or ``s3://bucket/prefix/`` (a diffusers folder)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = uri[5:].partition("/")
+    if not bucket or not key.strip("/"):
+        raise HyperforgeError(f"{uri}: expected s3://bucket/key or s3://bucket/prefix/", code=MODEL_NOT_FOUND)
+    prefix = key.rstrip("/") + "/"
+    try:
+        client = _s3_client(settings, bucket)
+        keys = [
+            str(o["Key"])
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for o in page.get("Contents", [])
+            if not str(o["Key"]).endswith("/")  # folder placeholders some tools create
+        ]
+        if not keys:  # a single file
+            if key.endswith("/"):
+                raise HyperforgeError(f"base model {uri}: nothing under that prefix", code=MODEL_NOT_FOUND)
+            _download(client, bucket, key, into / Path(key).name)
+            return
+        for k in keys:
+            parts = [p for p in k[len(prefix) :].split("/") if p not in ("", ".", "..")]
+            _download(client, bucket, k, into.joinpath("model", *parts))
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
+            raise HyperforgeError(f"base model {uri} not found ({code})", code=MODEL_NOT_FOUND) from exc
+        raise HyperforgeError(f"fetching base model {uri} failed: {exc}", code=MODEL_FETCH_FAILED) from exc
+    except BotoCoreError as exc:
+        raise HyperforgeError(f"fetching base model {uri} failed: {exc}", code=MODEL_FETCH_FAILED) from exc
+
+
+def _download(client: Any, bucket: str, key: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    client.download_file(bucket, key, str(target))
+
+
 def fetch_model_uri(uri: str, into: Path, settings: Settings) -> None:
     """Download a remote base model (``s3://bucket/key-or-prefix`` or ``https://...``) into ``into``."""
     if uri.lower().startswith("s3://"):
-        import boto3
-
-        bucket, _, key = uri[5:].partition("/")
-        secret = settings.s3_secret_access_key
-        client = boto3.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url,
-            region_name=settings.s3_region,
-            aws_access_key_id=settings.s3_access_key_id,
-            aws_secret_access_key=secret.get_secret_value() if secret else None,
-        )
-        listed = client.list_objects_v2(Bucket=bucket, Prefix=key.rstrip("/") + "/")
-        keys = [o["Key"] for o in listed.get("Contents", [])]
-        if not keys:  # a single file
-            client.download_file(bucket, key, str(into / Path(key).name))
-            return
-        for k in keys:
-            rel = k[len(key.rstrip("/")) + 1 :]
-            target = into / "model" / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, k, str(target))
+        _fetch_s3_model(uri, into, settings)
         return
     import httpx
 
     name = Path(uri.split("?", 1)[0]).name or "model.safetensors"
-    with httpx.stream("GET", uri, follow_redirects=True, timeout=httpx.Timeout(60.0)) as response:
-        response.raise_for_status()
-        with (into / name).open("wb") as out:
-            for chunk in response.iter_bytes(1 << 20):
-                out.write(chunk)
+    try:
+        with httpx.stream("GET", uri, follow_redirects=True, timeout=httpx.Timeout(60.0)) as response:
+            if response.status_code == 404:
+                raise HyperforgeError(f"base model {uri} not found (HTTP 404)", code=MODEL_NOT_FOUND)
+            response.raise_for_status()
+            with (into / name).open("wb") as out:
+                for chunk in response.iter_bytes(1 << 20):
+                    out.write(chunk)
+    except httpx.HTTPError as exc:
+        raise HyperforgeError(f"fetching base model {uri} failed: {exc}", code=MODEL_FETCH_FAILED) from exc
+
+
+def is_remote_model(uri: str) -> bool:
+    """True for base models the worker downloads (S3 or HTTP) rather than reads from its own disk."""
+    return uri.lower().startswith(("s3://", "http://", "https://"))
 
 
 def model_path(folder: Path) -> Path:
@@ -327,6 +416,64 @@ def model_path(folder: Path) -> Path:
         return folder / "model"
     files = [p for p in folder.iterdir() if p.name != ".complete"]
     return files[0]
+
+
+@contextlib.contextmanager
+def cached_base_model(
+    cache: DiskCache, uri: str, sha256_short: str | None, settings: Settings
+) -> Iterator[Path]:
+    """Yield the local path of a base model, downloading a remote one into ``cache`` once.
+
+    The cache entry is keyed by the sha256 of the URI and the model's short hash, and is kept from
+    eviction until the ``with`` block ends. When the model was registered with its sha256, the
+    download is checked against it before it enters the cache.
+    """
+    if not is_remote_model(uri):
+        yield Path(uri.removeprefix("file://"))  # on this machine's disk (local mode, shared volumes)
+        return
+
+    def fetch(into: Path) -> None:
+        fetch_model_uri(uri, into, settings)
+        if sha256_short:
+            from core.models.hashing import short_hash
+
+            found = short_hash(model_path(into))
+            if not found.startswith(sha256_short.lower()):
+                raise HyperforgeError(
+                    f"base model {uri} has hash {found}, registered as {sha256_short}",
+                    code=MODEL_HASH_MISMATCH,
+                )
+
+    key = _cache_key("model", uri, sha256_short or "")
+    with cache.use(key, fetch) as folder:
+        yield model_path(folder)
+
+
+class ResolvedSpecRecorder(Callback):
+    """Writes core's effective spec (``training_config.json``) into ``job.resolved_spec`` once.
+
+    The API resolves with the architecture's default widths; core resolves from the real model. The
+    value goes out with the writer's next lease-checked flush, so the training thread never waits.
+    """
+
+    def __init__(self, run_dir: Path, writer: LeasedWriter, base_model_id: str) -> None:
+        self.run_dir = run_dir
+        self.writer = writer
+        self.base_model_id = base_model_id
+        self.done = False
+
+    def on_step(self, event: StepEvent, control: Control) -> None:
+        """On the first step (the config exists by then), queue the resolved spec for writing."""
+        if self.done:
+            return
+        self.done = True
+        try:
+            document = json.loads((self.run_dir / CONFIG_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            log.warning("could not read %s (%s); resolved_spec left as the API wrote it", CONFIG_NAME, exc)
+            return
+        # Named by id, as the API stores it (core's copy holds whatever the client sent).
+        self.writer.set_later(resolved_spec={**document["spec"], "base_model": self.base_model_id})
 
 
 # -- one run ------------------------------------------------------------------------------------------
@@ -491,7 +638,8 @@ class JobRun:
                 if resume is not None:
                     self._restore_run_dir(facts, resume, spec, run_dir)
                 reporter.start()
-                end = self._train(spec, model, data, run_dir, init_from, resume, reporter)
+                recorder = ResolvedSpecRecorder(run_dir, writer, facts.base_model_id)
+                end = self._train(spec, model, data, run_dir, init_from, resume, [reporter, recorder])
         except LeaseLostError:
             raise
         except (KeyboardInterrupt, SystemExit):
@@ -558,13 +706,7 @@ class JobRun:
                 return model.uri, model.sha256_short
 
         uri, short = retry_db(read, patience=60, what="reading the base model")
-        if not uri.lower().startswith(("s3://", "http://", "https://")):
-            return Path(uri.removeprefix("file://"))  # on this machine's disk (local mode, shared volumes)
-        key = _cache_key("model", uri, short or "")
-        folder = stack.enter_context(
-            self.cache.use(key, lambda into: fetch_model_uri(uri, into, self.settings))
-        )
-        return model_path(folder)
+        return stack.enter_context(cached_base_model(self.cache, uri, short, self.settings))
 
     def _fetch_init_from(self, facts: JobFacts, run_dir: Path) -> Path | None:
         artifact_id = facts.spec.get("init_from")
@@ -630,13 +772,13 @@ class JobRun:
         run_dir: Path,
         init_from: Path | None,
         resume: ResumeSource | None,
-        reporter: Reporter,
+        callbacks: list[Callback],
     ) -> EndEvent:
         from core.training.run import resume_run, start_run
 
         if resume is not None:
-            return resume_run(run_dir, model_path=model, data_path=data, callbacks=[reporter])
-        return start_run(spec, model, data, run_dir, init_from=init_from, callbacks=[reporter])
+            return resume_run(run_dir, model_path=model, data_path=data, callbacks=callbacks)
+        return start_run(spec, model, data, run_dir, init_from=init_from, callbacks=callbacks)
 
     def _upload_finals(
         self, uploader: Uploader, run_dir: Path, end: EndEvent, spec: TrainingSpec
