@@ -2,7 +2,8 @@
 
 Items are loaded lazily (the trainer encodes each once and caches the latent), so
 memory holds no pixels between calls. With ``flip`` every image also appears
-mirrored as its own item (index ``2*i + 1``), so it gets its own cached latent.
+mirrored as its own item (index ``2*i + 1``), so it gets its own cached latent; the
+resized original is kept only until its mirror is read, so it is decoded once.
 Without bucketing every image is scaled to cover ``width`` x ``height`` and
 centre-cropped; with bucketing it goes to the nearest-aspect bucket
 (``core.data.buckets``) and batches never mix buckets (``BucketBatchSampler``).
@@ -106,6 +107,9 @@ class TrainingDataset(torch.utils.data.Dataset[TrainingItem]):
         # Computed once: the trainer reads them every step.
         self._captions = [self.items[src].caption for src, _ in self._entries]
         self._sizes = [(per_item[src].width, per_item[src].height) for src, _ in self._entries]
+        # With ``flip`` the mirror (index 2*i + 1) is read right after its original: keep the
+        # resized original until then so each image is decoded and resized once, not twice.
+        self._pending_mirror: tuple[int, Image.Image, Image.Image | None] | None = None
 
     @classmethod
     def from_path(cls, path: str | Path, options: DatasetOptions | None = None) -> TrainingDataset:
@@ -146,8 +150,29 @@ class TrainingDataset(torch.utils.data.Dataset[TrainingItem]):
         """Load, resize/crop, optionally mirror, and convert sample ``index``."""
         src, flipped = self._entries[index]
         item = self.items[src]
+        pending, self._pending_mirror = self._pending_mirror, None
+        if flipped and pending is not None and pending[0] == src:
+            rgb, alpha = pending[1], pending[2]
+        else:
+            rgb, alpha = self._resized(src)
+        if flipped:
+            rgb = ImageOps.mirror(rgb)
+            alpha = ImageOps.mirror(alpha) if alpha is not None else None
+        elif self.options.flip:
+            self._pending_mirror = (src, rgb, alpha)
+        return TrainingItem(
+            index=index,
+            name=item.name,
+            caption=item.caption,
+            pixels=pixels_from_image(rgb),
+            weight=weight_from_alpha(np.asarray(alpha)) if alpha is not None else None,
+            flipped=flipped,
+        )
+
+    def _resized(self, src: int) -> tuple[Image.Image, Image.Image | None]:
+        """Decode image ``src`` and scale-and-crop it (and its alpha, for weights) to its bucket."""
         bucket = self._item_bucket[src]
-        decoded = item.decode(max_pixels=self.options.max_pixels)
+        decoded = self.items[src].decode(max_pixels=self.options.max_pixels)
         box = cover_crop_box(decoded.rgb.width, decoded.rgb.height, bucket.width, bucket.height)
         rgb = decoded.rgb.resize((bucket.width, bucket.height), Image.Resampling.LANCZOS, box=box)
         alpha = None
@@ -157,17 +182,7 @@ class TrainingDataset(torch.utils.data.Dataset[TrainingItem]):
             alpha = decoded.alpha.resize(
                 (bucket.width // f, bucket.height // f), Image.Resampling.BOX, box=box
             )
-        if flipped:
-            rgb = ImageOps.mirror(rgb)
-            alpha = ImageOps.mirror(alpha) if alpha is not None else None
-        return TrainingItem(
-            index=index,
-            name=item.name,
-            caption=item.caption,
-            pixels=pixels_from_image(rgb),
-            weight=weight_from_alpha(np.asarray(alpha)) if alpha is not None else None,
-            flipped=flipped,
-        )
+        return rgb, alpha
 
 
 def pixels_from_image(rgb: Image.Image) -> torch.Tensor:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.data.captions import fill_template
 from core.data.dataset import TrainingDataset
 from core.data.templates import resolve_template
 from core.errors import TrainingError
@@ -131,8 +132,7 @@ class Trainer:
             encoder.to(device)
 
     def _first_prompt(self) -> str:
-        caption = self.dataset.captions[0]
-        return self.template.lines[0].replace("[filewords]", caption).replace("[name]", self.hn.name)
+        return fill_template(self.template.lines[0], self.dataset.captions[0], self.hn.name)
 
     # -- the loop ------------------------------------------------------------------------------
     def _batches(self) -> Iterator[list[int]]:
