@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -143,3 +143,7 @@ SessionDep = Annotated[Session, Depends(get_session)]
 StorageDep = Annotated[ObjectStore, Depends(get_store)]
 TenantDep = Annotated[Principal, Depends(get_principal)]
 AdminDep = Depends(require_admin)
+
+# The query parameters every cursor-paginated list takes.
+PageLimit = Annotated[int, Query(ge=1, le=100, description="Page size.")]
+PageAfter = Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page.")]

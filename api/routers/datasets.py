@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from api.db.engine import Database
-from api.deps import DatabaseDep, SessionDep, SettingsDep, StorageDep, TenantDep
+from api.deps import DatabaseDep, PageAfter, PageLimit, SessionDep, SettingsDep, StorageDep, TenantDep
 from api.errors import problem_responses
 from api.multipart import spool_multipart
 from api.schemas.datasets import Dataset, DatasetList
@@ -92,10 +92,8 @@ async def create_dataset(
 def list_datasets(
     session: SessionDep,
     tenant: TenantDep,
-    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
-    after: Annotated[
-        str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
-    ] = None,
+    limit: PageLimit = 20,
+    after: PageAfter = None,
     end_user_id: Annotated[str | None, Query(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")] = None,
     status: Annotated[Literal["ready", "invalid"] | None, Query()] = None,
 ) -> DatasetList:

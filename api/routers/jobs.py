@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request, status
 from fastapi.responses import JSONResponse, Response
 
 from api.db.engine import Database
-from api.deps import DatabaseDep, SessionDep, SettingsDep, TenantDep
+from api.deps import DatabaseDep, PageAfter, PageLimit, SessionDep, SettingsDep, TenantDep
 from api.errors import BadRequestProblem, NotFoundProblem, UnsupportedMediaTypeProblem, ValidationProblem
 from api.errors import problem_responses as problems
 from api.ids import Prefix, is_valid_id
@@ -149,10 +149,8 @@ def validate_job(session: SessionDep, tenant: TenantDep, body: JsonBody) -> JobV
 def list_jobs(
     session: SessionDep,
     tenant: TenantDep,
-    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
-    after: Annotated[
-        str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
-    ] = None,
+    limit: PageLimit = 20,
+    after: PageAfter = None,
     status: Annotated[JobStatusValue | None, Query(description="Only jobs in this status.")] = None,
     end_user_id: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
 ) -> JobList:

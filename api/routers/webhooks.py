@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+from fastapi import APIRouter, Depends, Path, Response, status
 
-from api.deps import SessionDep, SettingsDep, TenantDep
+from api.deps import PageAfter, PageLimit, SessionDep, SettingsDep, TenantDep
 from api.errors import NotFoundProblem
 from api.errors import problem_responses as problems
 from api.ids import Prefix, is_valid_id
@@ -20,9 +20,6 @@ from api.schemas.webhooks import (
 from api.services import webhooks as service
 
 router = APIRouter(prefix="/v1/webhook-endpoints", tags=["webhooks"], responses=problems(401))
-
-Limit = Annotated[int, Query(ge=1, le=100, description="Page size.")]
-After = Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page.")]
 
 
 async def endpoint_id_path(
@@ -51,7 +48,7 @@ def create_endpoint(
 
 @router.get("", summary="List webhook endpoints", responses=problems(422))
 def list_endpoints(
-    session: SessionDep, tenant: TenantDep, limit: Limit = 20, after: After = None
+    session: SessionDep, tenant: TenantDep, limit: PageLimit = 20, after: PageAfter = None
 ) -> WebhookEndpointList:
     """The tenant's endpoints, newest first."""
     return service.list_endpoints(session, tenant.tenant_id, limit=limit, after=after)
@@ -80,7 +77,11 @@ def delete_endpoint(endpoint_id: EndpointId, session: SessionDep, tenant: Tenant
     "/{endpoint_id}/deliveries", summary="List an endpoint's deliveries", responses=problems(404, 422)
 )
 def list_deliveries(
-    endpoint_id: EndpointId, session: SessionDep, tenant: TenantDep, limit: Limit = 20, after: After = None
+    endpoint_id: EndpointId,
+    session: SessionDep,
+    tenant: TenantDep,
+    limit: PageLimit = 20,
+    after: PageAfter = None,
 ) -> WebhookDeliveryList:
     """Each event sent (or to be sent) to the endpoint with its latest attempt, newest first."""
     return service.list_deliveries(session, tenant.tenant_id, endpoint_id, limit=limit, after=after)
