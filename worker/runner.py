@@ -40,6 +40,7 @@ from core.training.checkpointing import CHECKPOINT_DIR, STATE_SUFFIX
 from core.training.run import CONFIG_NAME
 from worker.cache import DiskCache
 from worker.lease import JobLease, LeaseKeeper, LeaseLostError, worker_identity
+from worker.reconciler import MAX_ATTEMPTS_CODE
 from worker.reporter import JobState, PendingEvent, Reporter
 from worker.uploads import ArtifactFile, UploadedArtifact, Uploader
 
@@ -287,12 +288,12 @@ def _fail_exhausted_queued(db: Database, job_id: str) -> None:
             attempt=job.attempt,
             values={
                 "status": JobStatus.FAILED.value,
-                "error_code": "max_attempts_exceeded",
+                "error_code": MAX_ATTEMPTS_CODE,
                 "error_message": message,
             },
         )
         if changed:
-            error = {"code": "max_attempts_exceeded", "message": message}
+            error = {"code": MAX_ATTEMPTS_CODE, "message": message}
             append_event(
                 session,
                 job_id=job_id,

@@ -9,7 +9,6 @@ it never raises into training.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import mimetypes
 import queue
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from api.storage.base import ObjectStore, tenant_key
+from core.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +56,6 @@ class UploadedArtifact:
     sha256: str
     content_type: str
     storage_key: str
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def content_type_for(path: Path) -> str:
